@@ -1,0 +1,56 @@
+"""Training callbacks: the paper's step learning-rate schedule."""
+
+import keras
+
+
+@keras.saving.register_keras_serializable(package="keras_egt")
+class StepDecay(keras.callbacks.Callback):
+    """Multiplies the learning rate by `factor` every `every` epochs (the paper: 0.5 per 15).
+
+    The rate at epoch `e` (0-based) is `initial * factor ** (e // every)`, where
+    `initial` is the optimizer's rate when training starts.
+
+    Args:
+        every: epochs between decays (> 0).
+        factor: multiplier in (0, 1].
+        verbose: print the new rate when it changes.
+
+    Example:
+    >>> model.fit(x, y, epochs=50, callbacks=[StepDecay(every=15, factor=0.5)])
+    """
+
+    def __init__(self, every=15, factor=0.5, verbose=0):
+        super().__init__()
+        if int(every) < 1:
+            raise ValueError(f"StepDecay: every must be a positive number of epochs, got {every}.")
+        if not 0 < float(factor) <= 1:
+            raise ValueError(f"StepDecay: factor must be in (0, 1], got {factor}.")
+        self.every = int(every)
+        self.factor = float(factor)
+        self.verbose = verbose
+        self.initial_learning_rate = None
+
+    def on_train_begin(self, logs=None):
+        self.initial_learning_rate = float(
+            keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+        )
+
+    def rate(self, epoch):
+        """The learning rate for `epoch` (0-based)."""
+        return self.initial_learning_rate * self.factor ** (epoch // self.every)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        new = self.rate(epoch)
+        if new != float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)):
+            self.model.optimizer.learning_rate = new
+            if self.verbose:
+                print(f"\nEpoch {epoch + 1}: StepDecay sets the learning rate to {new:.3g}.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(
+                keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+            )
+
+    def get_config(self):
+        return {"every": self.every, "factor": self.factor, "verbose": self.verbose}

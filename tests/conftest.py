@@ -1,0 +1,55 @@
+"""Shared test setup.
+
+The suite runs once per Keras backend (`KERAS_BACKEND=tensorflow|jax|torch`): the
+backend is fixed per process. Tests of TensorFlow-only code (export, LiteRT, TFLM,
+tfmot) are marked `tensorflow_only` and run in the TensorFlow pass only.
+"""
+
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+BACKEND = keras.backend.backend()
+
+
+def pytest_report_header(config):
+    return f"keras {keras.__version__}, backend: {BACKEND}"
+
+
+def pytest_collection_modifyitems(config, items):
+    if BACKEND == "tensorflow":
+        return
+    skip = pytest.mark.skip(reason="TensorFlow-only; runs in the KERAS_BACKEND=tensorflow pass")
+    for item in items:
+        if "tensorflow_only" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    keras.utils.set_random_seed(1234)
+    yield
+    keras.backend.clear_session()
+
+
+def blob_task(n=192, size=32, channels=2, num_classes=3, seed=0):
+    """A small separable problem: the class is where a bright square sits."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % num_classes
+    rng.shuffle(y)
+    x = (0.5 * rng.normal(size=(n, size, size, channels))).astype("float32")
+    step = size // num_classes
+    for i, label in enumerate(y):
+        r = label * step + 2
+        x[i, r : r + size // 5, r : r + size // 5, :] += 2.0
+    return x, y.astype("int32")
+
+
+@pytest.fixture
+def blobs():
+    return blob_task()
