@@ -1,11 +1,12 @@
 """keras-egt: Explanation-Guided Training of early-exit CNNs, and their deployment to MCUs."""
 
 from keras_egt import callbacks
+from keras_egt import costs
 # DATASETS
 from keras_egt import layers
 from keras_egt import losses
 from keras_egt.layers import ConvBlock, ExitHead, SpatialAttention, spatial_softmax
-from keras_egt.losses import attention_consistency, consistency_loss
+from keras_egt.losses import attention_consistency, consistency_loss, exit_consistencies
 from keras_egt.model import WIDTH_PRESETS, EarlyExitCNN
 
 __version__ = "0.1.0"

@@ -53,6 +53,30 @@ def attention_consistency(early_map, final_map):
     return dot / ops.maximum(norms, _EPSILON)
 
 
+def exit_consistencies(attention_maps, stop_gradient_target=True):
+    """Batch-mean consistency of every early exit with the final exit.
+
+    Args:
+        attention_maps: list of K tensors `(batch, H_k, W_k, 1)`, first exit first.
+        stop_gradient_target: treat the final map as a constant (see
+            `consistency_loss`).
+
+    Returns:
+        A list of K - 1 scalar tensors, `mean_batch cos(resize(A_k), A_K)`.
+
+    Example:
+    >>> exit_consistencies(model.attention_maps(x))   # [c1, c2, c3, c4]
+    """
+    if len(attention_maps) < 2:
+        raise ValueError(
+            f"attention consistency needs at least 2 attention maps, got {len(attention_maps)}."
+        )
+    target = attention_maps[-1]
+    if stop_gradient_target:
+        target = ops.stop_gradient(target)
+    return [ops.mean(attention_consistency(m, target)) for m in attention_maps[:-1]]
+
+
 def consistency_loss(attention_maps, stop_gradient_target=True):
     """The EGT attention-consistency loss.
 
@@ -71,15 +95,7 @@ def consistency_loss(attention_maps, stop_gradient_target=True):
         A scalar tensor in [0, 2].
 
     Example:
-    >>> maps = model.attention_maps(x)
-    >>> consistency_loss(maps)
+    >>> consistency_loss(model.attention_maps(x))
     """
-    if len(attention_maps) < 2:
-        raise ValueError(
-            f"consistency_loss needs at least 2 attention maps, got {len(attention_maps)}."
-        )
-    target = attention_maps[-1]
-    if stop_gradient_target:
-        target = ops.stop_gradient(target)
-    terms = [ops.mean(1.0 - attention_consistency(m, target)) for m in attention_maps[:-1]]
-    return sum(terms) / len(terms)
+    terms = exit_consistencies(attention_maps, stop_gradient_target)
+    return 1.0 - sum(terms) / len(terms)

@@ -7,7 +7,7 @@ import numpy as np
 from keras import ops
 
 from keras_egt import layers as egt_layers
-from keras_egt.losses import consistency_loss
+from keras_egt.losses import exit_consistencies
 
 WIDTH_PRESETS = {
     # The paper's backbone.
@@ -61,7 +61,9 @@ class EarlyExitCNN(keras.Model):
     `L_cons` (see `keras_egt.losses.consistency_loss`) pulls every early exit's
     attention map towards the final one. It is added with `add_loss` only when
     λ > 0, so λ = 0 is exactly the baseline. The unweighted consistency is
-    tracked either way as the `consistency_loss` metric.
+    tracked either way: metrics `consistency_loss` (1 - average cosine),
+    `consistency` (the average cosine of exits 1-4 with exit 5, the paper's Table I
+    "Avg") and `exit_k_consistency` for k = 1..4.
 
     Args:
         num_classes: number of classes.
@@ -145,7 +147,13 @@ class EarlyExitCNN(keras.Model):
             )
             for k in range(NUM_EXITS)
         ]
-        self.consistency_tracker = keras.metrics.Mean(name="consistency_loss")
+        # Validation values of these (val_consistency, val_exit_k_consistency) are
+        # the paper's Table I figures, so KerasTuner can rank trials by them.
+        self.consistency_loss_tracker = keras.metrics.Mean(name="consistency_loss")
+        self.consistency_tracker = keras.metrics.Mean(name="consistency")
+        self.exit_consistency_trackers = [
+            keras.metrics.Mean(name=f"exit_{k + 1}_consistency") for k in range(NUM_EXITS - 1)
+        ]
         self._consistency = None
         self.build((None,) + self.image_shape)
 
@@ -184,12 +192,13 @@ class EarlyExitCNN(keras.Model):
 
     def call(self, inputs, training=None):
         logits, maps = self._forward(inputs, training=training)
-        consistency = consistency_loss(maps, self.stop_gradient_target)
+        per_exit = exit_consistencies(maps, self.stop_gradient_target)
         if self.consistency_weight > 0:
-            self.add_loss(self.consistency_weight * consistency)
-        # Keras 3 has no add_metric: the value is read back by compute_loss within
-        # the same traced step, on every backend.
-        self._consistency = ops.stop_gradient(consistency)
+            loss = 1.0 - sum(per_exit) / len(per_exit)
+            self.add_loss(self.consistency_weight * loss)
+        # Keras 3 has no add_metric: the values are read back by compute_loss
+        # within the same traced step, on every backend.
+        self._consistency = [ops.stop_gradient(c) for c in per_exit]
         return logits
 
     def attention_maps(self, x, training=False):
@@ -257,7 +266,12 @@ class EarlyExitCNN(keras.Model):
             sample_weight=self._per_exit(sample_weight), training=training,
         )
         if self._consistency is not None:
-            self.consistency_tracker.update_state(self._consistency)
+            batch = ops.cast(ops.shape(y_pred[0])[0], "float32")
+            average = sum(self._consistency) / len(self._consistency)
+            self.consistency_loss_tracker.update_state(1.0 - average, sample_weight=batch)
+            self.consistency_tracker.update_state(average, sample_weight=batch)
+            for tracker, value in zip(self.exit_consistency_trackers, self._consistency):
+                tracker.update_state(value, sample_weight=batch)
         return loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):

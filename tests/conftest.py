@@ -38,15 +38,18 @@ def _seed():
 
 
 def blob_task(n=192, size=32, channels=2, num_classes=3, seed=0):
-    """A small separable problem: the class is where a bright square sits."""
+    """A small separable problem for every exit: a square at a random place whose
+    sign and channel give the class (class c lights channel c % channels, with
+    sign + for c < channels, else -), on Gaussian noise."""
     rng = np.random.default_rng(seed)
     y = np.arange(n) % num_classes
     rng.shuffle(y)
     x = (0.5 * rng.normal(size=(n, size, size, channels))).astype("float32")
-    step = size // num_classes
+    side = size // 4
     for i, label in enumerate(y):
-        r = label * step + 2
-        x[i, r : r + size // 5, r : r + size // 5, :] += 2.0
+        r, c = rng.integers(0, size - side, size=2)
+        sign = 2.0 if label < channels else -2.0
+        x[i, r : r + side, c : c + side, label % channels] += sign
     return x, y.astype("int32")
 
 
