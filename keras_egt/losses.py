@@ -71,6 +71,7 @@ def exit_consistencies(attention_maps, stop_gradient_target=True):
         raise ValueError(
             f"attention consistency needs at least 2 attention maps, got {len(attention_maps)}."
         )
+    attention_maps = [ops.convert_to_tensor(m) for m in attention_maps]
     target = attention_maps[-1]
     if stop_gradient_target:
         target = ops.stop_gradient(target)

@@ -45,7 +45,7 @@ def blob_task(n=192, size=32, channels=2, num_classes=3, seed=0):
     y = np.arange(n) % num_classes
     rng.shuffle(y)
     x = (0.5 * rng.normal(size=(n, size, size, channels))).astype("float32")
-    side = size // 4
+    side = size // 2
     for i, label in enumerate(y):
         r, c = rng.integers(0, size - side, size=2)
         sign = 2.0 if label < channels else -2.0
