@@ -237,6 +237,7 @@ def test_cache_respects_keras_home_and_can_be_disabled(keras_home):
         ({"snr_db": (25, 5)}, "reversed"),
         ({"snr_db": (5, float("nan"))}, "finite"),
         ({"snr_db": "loud"}, "snr_db must be"),
+        ({"snr_db": (-50, 10)}, r"\[-30, 80\]"),
         ({"num_train_users": 0}, "num_train_users"),
         ({"sloppy_fraction": 1.5}, "sloppy_fraction"),
         ({"channels": ("doppler", "sonar")}, "channels must be"),

@@ -889,7 +889,7 @@ def _check_args(num_train, num_test, seed, snr_db, num_train_users, num_test_use
         raise ValueError(
             f"snr_db=({low:g}, {high:g}) is reversed: give (low, high), e.g. ({high:g}, {low:g})."
         )
-    if not -30.0 <= low and high <= 80.0:
+    if low < -30.0 or high > 80.0:
         raise ValueError(f"snr_db must lie in [-30, 80] dB, got {snr_db!r}.")
     sloppy_fraction = float(sloppy_fraction)
     if not 0.0 <= sloppy_fraction <= 1.0:
