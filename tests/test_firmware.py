@@ -11,6 +11,7 @@ The pure-C parts do not depend on the Keras backend, so the whole file runs in t
 TensorFlow pass only.
 """
 
+import ctypes
 import hashlib
 import json
 import math
@@ -296,24 +297,11 @@ def test_selftest(host_test):
     assert run(host_test, "selftest").strip() == "ok"
 
 
-@needs_gcc
-def test_arrays_equal_the_tflite_files_byte_for_byte(fake_deploy, host_test, tmp_path):
-    folder, manifest = fake_deploy
-    lines = run(host_test, "dump", tmp_path).split("\n")
-    for seg, line in zip(manifest["segments"], lines):
-        k = seg["index"]
-        assert line == f"segment {k} {seg['flash_bytes']} 1"  # length, 16-byte aligned
-        dumped = (tmp_path / f"segment_{k}.bin").read_bytes()
-        assert dumped == (folder / seg["file"]).read_bytes()
-        assert hashlib.sha256(dumped).hexdigest() == seg["sha256"]
-
-
-@needs_gcc
-def test_manifest_header_matches_the_manifest(fake_deploy, host_test):
-    _, m = fake_deploy
+def assert_info_matches(exe, m):
+    """`host_test info` (the C constants) against the manifest `m`."""
     segs = m["segments"]
     info = {}
-    for line in run(host_test, "info").splitlines():
+    for line in run(exe, "info").splitlines():
         key, _, value = line.partition(" ")
         info.setdefault(key, []).append(value)
     ints = lambda key: [int(v) for v in info[key][0].split()]  # noqa: E731
@@ -336,14 +324,38 @@ def test_manifest_header_matches_the_manifest(fake_deploy, host_test):
     assert ints("features_output_indices") == [
         s["features"]["output_index"] if s["features"] else -1 for s in segs
     ]
-    assert info["class_name"] == m["class_names"]
+    assert info.get("class_name") == (m.get("class_names") or None)
     ops = sorted({op for s in segs for op in s["ops"]})
     assert info["tflm_op"] == [firmware.tflm_op_method(op) for op in ops]
     assert int(info["num_tflm_ops"][0]) == len(ops)
-    assert np.float32(info["segment_1_probs_scale"][0]) == np.float32(1 / 256)
-    assert int(info["segment_1_probs_zero_point"][0]) == -128
+    probs = segs[0]["probabilities"]
+    assert np.float32(info["segment_1_probs_scale"][0]) == np.float32(probs["scale"])
+    assert int(info["segment_1_probs_zero_point"][0]) == probs["zero_point"]
     assert int(info["segment_1_threshold_int8"][0]) == segs[0]["threshold_int8"]
     assert int(info["segment_1_flash_bytes"][0]) == segs[0]["flash_bytes"]
+    assert int(info["segment_1_arena_bytes"][0]) == segs[0]["arena_bytes"]
+
+
+def assert_arrays_equal_files(exe, folder, manifest, dump_dir):
+    """`host_test dump`: every C array equals its .tflite file, byte for byte, aligned."""
+    lines = run(exe, "dump", dump_dir).splitlines()
+    assert len(lines) == len(manifest["segments"])
+    for seg, line in zip(manifest["segments"], lines):
+        k = seg["index"]
+        assert line == f"segment {k} {seg['flash_bytes']} 1"  # length, 16-byte aligned
+        dumped = (Path(dump_dir) / f"segment_{k}.bin").read_bytes()
+        assert dumped == (Path(folder) / seg["file"]).read_bytes()
+        assert hashlib.sha256(dumped).hexdigest() == seg["sha256"]
+
+
+@needs_gcc
+def test_arrays_equal_the_tflite_files_byte_for_byte(fake_deploy, host_test, tmp_path):
+    assert_arrays_equal_files(host_test, *fake_deploy, tmp_path)
+
+
+@needs_gcc
+def test_manifest_header_matches_the_manifest(fake_deploy, host_test):
+    assert_info_matches(host_test, fake_deploy[1])
 
 
 def _decide_cases(rng, num_classes=9):
@@ -482,3 +494,196 @@ int main() {{
     count, num_ops, length, _ = map(int, run(exe).split())
     assert count == num_ops == len(methods)
     assert length == manifest["segments"][0]["flash_bytes"]
+
+
+# ---------------------------------------------------------------- a real exported cascade
+#
+# The C driver runs the real int8 segments through ctypes: its invoke callback runs a
+# segment with LiteRT on the exact bytes the driver hands over, so the feature buffers
+# travel through the C ping-pong buffers, unchanged, from segment to segment.
+
+I8P = ctypes.POINTER(ctypes.c_int8)
+INVOKE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int, I8P, I8P, I8P)
+
+
+class CCascade(ctypes.Structure):
+    _fields_ = [("num_segments", ctypes.c_int), ("num_classes", ctypes.c_int),
+                ("thresholds_int8", ctypes.POINTER(ctypes.c_int16)),
+                ("feature_buffers", I8P * 2), ("invoke", INVOKE_FN),
+                ("invoke_ctx", ctypes.c_void_p)]
+
+
+class CResult(ctypes.Structure):
+    _fields_ = [("label", ctypes.c_int), ("exit_index", ctypes.c_int),
+                ("confidence", ctypes.c_int8), ("invoke_status", ctypes.c_int)]
+
+
+def load_kit(out_dir):
+    lib_path = Path(out_dir) / "libegt_cascade.so"
+    proc = subprocess.run([GCC, *STRICT, "-shared", "-fPIC", "-I", str(KIT),
+                           str(KIT / "egt_cascade.c"), "-o", str(lib_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lib = ctypes.CDLL(str(lib_path))
+    lib.egt_cascade_run.argtypes = [ctypes.POINTER(CCascade), I8P, I8P, ctypes.POINTER(CResult)]
+    lib.egt_cascade_run.restype = ctypes.c_int
+    return lib
+
+
+class LiteRTSegments:
+    """The manifest's segments in LiteRT interpreters, addressed by the manifest's indices."""
+
+    def __init__(self, folder, manifest):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.manifest = manifest
+        self.interpreters = []
+        for seg in manifest["segments"]:
+            interp = Interpreter(model_path=str(Path(folder) / seg["file"]))
+            interp.allocate_tensors()
+            (inp,) = interp.get_input_details()
+            assert list(inp["shape"]) == seg["input"]["shape"]
+            assert inp["dtype"] == np.int8
+            self.interpreters.append(interp)
+
+    def run(self, k, x_int8):
+        """Segment k (1-based) on an int8 input: (probabilities, features or None)."""
+        seg, interp = self.manifest["segments"][k - 1], self.interpreters[k - 1]
+        interp.set_tensor(interp.get_input_details()[0]["index"],
+                          x_int8.reshape(seg["input"]["shape"]))
+        interp.invoke()
+        outputs = interp.get_output_details()
+        probs = interp.get_tensor(outputs[seg["probabilities"]["output_index"]]["index"])
+        assert list(probs.shape) == seg["probabilities"]["shape"] and probs.dtype == np.int8
+        if seg["features"] is None:
+            return probs.reshape(-1).copy(), None
+        feats = interp.get_tensor(outputs[seg["features"]["output_index"]]["index"])
+        assert list(feats.shape) == seg["features"]["shape"] and feats.dtype == np.int8
+        return probs.reshape(-1).copy(), feats.reshape(-1).copy()
+
+
+def quantize_input(x, spec):
+    q = np.round(np.asarray(x, np.float64) / spec["scale"]) + spec["zero_point"]
+    return np.clip(q, -128, 127).astype(np.int8)
+
+
+@pytest.fixture(scope="module")
+def real_deploy(tmp_path_factory):
+    export = pytest.importorskip(
+        "keras_egt.export", reason="keras_egt.export (issue 5's exporter) is not available"
+    )
+    import keras
+
+    import keras_egt as egt
+    from conftest import blob_task
+
+    x, y = blob_task(n=160, size=32, channels=2, num_classes=3, seed=5)
+    keras.utils.set_random_seed(7)
+    model = egt.EarlyExitCNN(3, (32, 32, 2), widths=(4, 8, 8, 8, 8))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    model.fit(x[:96], y[:96], epochs=4, batch_size=32, verbose=0)
+    folder = tmp_path_factory.mktemp("real") / "deploy"
+    export.export_cascade(model, str(folder), representative_data=x[:64], threshold=0.9)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return folder, manifest, x[96:]
+
+
+@pytest.fixture(scope="module")
+def real_probs(real_deploy):
+    """int8 inputs and every segment's int8 probabilities, (n, S, C), with LiteRT."""
+    folder, manifest, x = real_deploy
+    segments = LiteRTSegments(folder, manifest)
+    inputs, tables = [], []
+    for sample in x:
+        q = quantize_input(sample, manifest["segments"][0]["input"]).reshape(-1)
+        inputs.append(q)
+        rows, h = [], q
+        for k in range(1, len(manifest["segments"]) + 1):
+            probs, h = segments.run(k, h)
+            rows.append(probs)
+        tables.append(rows)
+    return np.array(inputs), np.array(tables, dtype=np.int64)
+
+
+@needs_gcc
+def test_real_export_c_sources(real_deploy, tmp_path):
+    folder, manifest, _ = real_deploy
+    for name in ("model_data.c", "model_data.h", "egt_manifest.h"):
+        assert (folder / name).is_file(), f"export_cascade did not write {name}"
+    exe = build_host_test(folder, tmp_path)
+    assert_arrays_equal_files(exe, folder, manifest, tmp_path)
+    assert_info_matches(exe, manifest)
+
+
+@needs_gcc
+def test_real_export_c_decisions_equal_python(real_deploy, real_probs, tmp_path):
+    folder, manifest, _ = real_deploy
+    _, tables = real_probs
+    segs = manifest["segments"]
+    py_threshold = python_threshold_int8()
+    # The manifest's thresholds are Python's int8_threshold of the float thresholds.
+    for seg, t in zip(segs[:-1], manifest["thresholds"]):
+        p = seg["probabilities"]
+        assert seg["threshold_int8"] == ref_threshold_int8(t, p["scale"], p["zero_point"])
+        assert seg["threshold_int8"] == int(py_threshold(t, p["scale"], p["zero_point"]))
+    exe = build_host_test(folder, tmp_path)
+    thresholds = [s["threshold_int8"] for s in segs[:-1]] + [-128]
+    # The export's thresholds, then sweeps that make every exit fire on this data.
+    sweeps = [thresholds] + [[int(v)] * len(segs) for v in np.percentile(tables.max(2), [10, 50, 90])]
+    for thr in sweeps:
+        out = _run_cascade(host_test=exe, path=tmp_path / "real.txt", tables=tables,
+                           thresholds=thr, fails=np.zeros(len(tables), int))
+        expected = np.array([ref_cascade(t, thr, 0) for t in tables])
+        assert (out[:, 6] == 0).all()
+        np.testing.assert_array_equal(out[:, :6], expected)
+    # Decisions per exit on the real probabilities, with the export's thresholds.
+    flat = tables[:, :-1].reshape(-1, tables.shape[2])
+    thr_flat = np.tile(thresholds[:-1], len(tables))
+    lines = [f"{len(flat)} {flat.shape[1]}"] + [
+        " ".join(map(str, [t, *row])) for t, row in zip(thr_flat, flat)
+    ]
+    (tmp_path / "decide.txt").write_text("\n".join(lines) + "\n")
+    got = [int(line.split()[0]) for line in run(exe, "decide", tmp_path / "decide.txt").splitlines()]
+    assert got == [ref_should_exit(row, t) for row, t in zip(flat, thr_flat)]
+
+
+@needs_gcc
+def test_c_driver_runs_the_real_segments(real_deploy, real_probs, tmp_path):
+    folder, manifest, _ = real_deploy
+    inputs, tables = real_probs
+    segs = manifest["segments"]
+    segments = LiteRTSegments(folder, manifest)
+    lib = load_kit(tmp_path)
+    biggest = max(math.prod(s["features"]["shape"]) for s in segs[:-1])
+    buffers = [np.zeros(biggest, np.int8), np.zeros(biggest, np.int8)]
+    calls = []
+
+    def invoke(ctx, k, inp, probs, feats):
+        seg = segs[k - 1]
+        x = np.ctypeslib.as_array(inp, shape=(math.prod(seg["input"]["shape"]),)).copy()
+        p, f = segments.run(k, x)
+        calls.append(k)
+        np.ctypeslib.as_array(probs, shape=(len(p),))[:] = p
+        if bool(feats) != (f is not None):
+            return 99
+        if f is not None:
+            np.ctypeslib.as_array(feats, shape=(len(f),))[:] = f
+        return 0
+
+    callback = INVOKE_FN(invoke)  # kept alive for the C calls below
+    for thr in ([s["threshold_int8"] for s in segs[:-1]] + [-128],
+                [int(np.median(tables.max(2)))] * len(segs)):
+        thresholds = (ctypes.c_int16 * len(segs))(*thr)
+        cascade = CCascade(len(segs), manifest["num_classes"], thresholds,
+                           (I8P * 2)(*[b.ctypes.data_as(I8P) for b in buffers]), callback, None)
+        probs = np.zeros(manifest["num_classes"], np.int8)
+        for x, table in zip(inputs, tables):
+            calls.clear()
+            result = CResult()
+            rc = lib.egt_cascade_run(ctypes.byref(cascade), x.ctypes.data_as(I8P),
+                                     probs.ctypes.data_as(I8P), ctypes.byref(result))
+            expected = ref_cascade(table, thr, 0)
+            got = (rc, result.label, result.exit_index, result.confidence, len(calls),
+                   result.invoke_status)
+            assert got == expected
+            assert calls == list(range(1, expected[2] + 1))
