@@ -1,0 +1,152 @@
+"""The paper reproduction: baseline and EGT λ ∈ {0.1 … 0.5}, paper settings, Tables I and II.
+
+Paper widths, 50 epochs, Adam 1e-3 halved every 15 epochs, batch 32, on the
+built-in radar set (1,363 train / 1,364 test, unseen test users). Every model is
+evaluated on the test set with the paper's threshold 0.9; results go to
+benchmarks/results/reproduction.json, with the tables in the paper's layout.
+
+    python benchmarks/reproduce.py                   # the full run (a GPU helps)
+    python benchmarks/reproduce.py --quick           # tiny smoke run
+    python benchmarks/reproduce.py --save-models DIR --keep 0,0.3
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results", "reproduction.json")
+
+# Table I and II of the paper, for side-by-side reading.
+PAPER = {
+    "table_1": {
+        "Baseline": [0.769, 0.736, 0.786, 0.482, 0.693, 98.97],
+        "EGT (λ = 0.1)": [0.797, 0.817, 0.819, 0.814, 0.812, 97.73],
+        "EGT (λ = 0.2)": [0.751, 0.787, 0.79, 0.786, 0.778, 98.39],
+        "EGT (λ = 0.3)": [0.802, 0.826, 0.829, 0.828, 0.821, 98.46],
+        "EGT (λ = 0.4)": [0.79, 0.838, 0.844, 0.778, 0.813, 98.97],
+        "EGT (λ = 0.5)": [0.7, 0.793, 0.795, 0.783, 0.768, 97.8],
+    },
+    "table_2": {"with_early_exit": [1.83, 97.8], "without_early_exit": [3.6, 99.56]},
+}
+
+
+def _name(lam):
+    return "Baseline" if lam == 0 else f"EGT (λ = {lam:g})"
+
+
+def run(args):
+    import keras
+    import numpy as np
+
+    import keras_egt as egt
+    from keras_egt.datasets import radar_gestures
+    from keras_egt.evaluation import compare_markdown, evaluate
+
+    (x_train, y_train), (x_test, y_test) = radar_gestures.load_data(
+        num_train=args.num_train, num_test=args.num_test
+    )
+    widths = args.widths if args.widths in ("paper", "micro") else tuple(int(w) for w in args.widths.split(","))
+    reports, histories, train_seconds = {}, {}, {}
+    for lam in args.lambdas:
+        name = _name(lam)
+        print(f"=== {name}: widths {widths}, {args.epochs} epochs", flush=True)
+        keras.utils.set_random_seed(args.seed)
+        model = egt.EarlyExitCNN(
+            radar_gestures.NUM_CLASSES, x_train.shape[1:], widths=widths, consistency_weight=lam
+        )
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"])
+        start = time.time()
+        history = model.fit(
+            x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=2,
+            callbacks=[egt.callbacks.StepDecay(every=args.step_every, factor=0.5)],
+        )
+        train_seconds[name] = time.time() - start
+        histories[name] = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+        reports[name] = evaluate(model, x_test, y_test, threshold=args.threshold, timing=args.timing)
+        print(reports[name].to_markdown(), flush=True)
+        if args.save_models and any(abs(lam - k) < 1e-9 for k in args.keep):
+            # Weights and config rather than a .keras file: no optimizer state, so
+            # the paper-width model stays at ~17 MB.
+            os.makedirs(args.save_models, exist_ok=True)
+            stem = os.path.join(args.save_models, f"egt_lambda_{lam:g}")
+            model.save_weights(stem + ".weights.h5")
+            with open(stem + ".json", "w") as f:
+                json.dump(model.get_config(), f)
+        keras.backend.clear_session()
+
+    markdown = compare_markdown(reports)
+    baseline = reports.get("Baseline")
+    gains = {}
+    if baseline is not None:
+        base = baseline.to_dict()
+        for name, report in reports.items():
+            r = report.to_dict()
+            gains[name] = {
+                "consistency_gain_pct": 100 * (r["consistency_avg"] / base["consistency_avg"] - 1),
+                "cascade_accuracy_delta_points": 100 * (r["accuracy"] - base["accuracy"]),
+                "final_accuracy_delta_points": 100 * (r["final_accuracy"] - base["final_accuracy"]),
+            }
+    result = {
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "backend": keras.backend.backend(),
+                    "device": _device()},
+        "settings": {"widths": widths, "epochs": args.epochs, "batch_size": args.batch_size, "step_every": args.step_every,
+                     "learning_rate": 1e-3, "threshold": args.threshold, "seed": args.seed,
+                     "num_train": len(x_train), "num_test": len(x_test)},
+        "train_seconds": train_seconds,
+        "reports": {name: report.to_dict() for name, report in reports.items()},
+        "gains_vs_baseline": gains,
+        "histories": histories,
+        "paper": PAPER,
+        "markdown": markdown,
+    }
+    path = args.output
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f, indent=1, default=float)
+    os.replace(path + ".tmp", path)
+    print(markdown)
+    print("gains vs baseline:", json.dumps(gains, indent=1))
+    print("Wrote", path)
+
+
+def _device():
+    try:
+        import jax
+
+        return str(jax.devices()[0])
+    except Exception:
+        return "cpu"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--widths", default="paper")
+    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--step-every", type=int, default=15)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lambdas", default="0,0.1,0.2,0.3,0.4,0.5")
+    parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-train", type=int, default=1363)
+    parser.add_argument("--num-test", type=int, default=1364)
+    parser.add_argument("--timing", action="store_true", help="also time batch-1 inference (meaningful on the target CPU only)")
+    parser.add_argument("--save-models", help="folder to save the models whose λ is in --keep")
+    parser.add_argument("--keep", default="0,0.3", help="λ values whose models --save-models keeps")
+    parser.add_argument("--output", default=RESULTS)
+    parser.add_argument("--quick", action="store_true", help="micro widths, 2 epochs, 2 λ, 180/180 samples")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.widths, args.epochs, args.lambdas, args.num_train, args.num_test = "micro", 2, "0,0.3", 180, 180
+        args.output = os.path.join(HERE, "results", "reproduction_quick.json")
+    args.lambdas = [float(v) for v in args.lambdas.split(",")]
+    args.keep = [float(v) for v in args.keep.split(",")]
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
