@@ -3,6 +3,7 @@
 from keras_egt import callbacks
 from keras_egt import costs
 from keras_egt import datasets
+from keras_egt import export
 from keras_egt import layers
 from keras_egt import losses
 from keras_egt.layers import ConvBlock, ExitHead, SpatialAttention, spatial_softmax

@@ -1,0 +1,97 @@
+"""Finds the smallest TFLM arena of a model; run as a script by `runtime.tflm_arena_bytes`.
+
+    python _arena_probe.py MODEL.tflite ZERO_POINT SHAPE LOW HIGH RECORDED
+
+TFLM's Python interpreter can crash the process (not raise) when the arena is a few
+bytes short, so every probe of a too-small arena runs here, in a child process that
+reports each step on stdout: "recorded N", "try N", "ok N", "fail N", "verified N".
+LOW is a size known to fail (-1: none), HIGH one known to allocate (0: none),
+RECORDED the recording allocator's total (0: measure it). Imports no keras_egt (fast).
+"""
+
+import os
+import re
+import sys
+import tempfile
+
+import numpy as np
+from tflite_micro.python.tflite_micro import runtime as tflm
+
+
+def say(*words):
+    print(*words, flush=True)
+
+
+def quiet(function):
+    """Runs `function()` with fd 2 redirected; returns (result or exception, text)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            result = function()
+        except RuntimeError as error:
+            result = error
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        sink.seek(0)
+        return result, sink.read().decode("utf-8", "replace")
+
+
+def main(path, zero_point, shape, low, high, recorded):
+    with open(path, "rb") as f:
+        model = f.read()
+    sample = np.full(shape, zero_point, np.int8)
+
+    def run(size, record=False):
+        interpreter = tflm.Interpreter.from_bytes(model, arena_size=size)
+        interpreter.set_input(sample, 0)
+        interpreter.invoke()
+        if record:
+            interpreter.print_allocations()
+        return True
+
+    if recorded <= 0:
+        size = max(1 << 20, 16 * len(model))
+        while True:
+            result, text = quiet(lambda: run(size, record=True))
+            if result is True:
+                break
+            if size >= 1 << 30:
+                raise SystemExit(f"TFLM cannot run the model even in {size} bytes: {result}")
+            size *= 4
+        match = re.search(r"Arena allocation total (\d+) bytes", text)
+        if not match:
+            raise SystemExit("TFLM's recording allocator printed no arena total.")
+        recorded = int(match.group(1))
+        say("recorded", recorded)
+    low = max(low, recorded - 1)
+
+    def allocates(size):
+        say("try", size)
+        result, _ = quiet(lambda: tflm.Interpreter.from_bytes(model, arena_size=size))
+        ok = not isinstance(result, Exception)
+        say("ok" if ok else "fail", size)
+        return ok
+
+    if high <= 0:
+        high = low + 1
+        while not allocates(high):
+            low, high = high, 2 * high
+    while high - low > 1:
+        middle = (low + high) // 2
+        if allocates(middle):
+            high = middle
+        else:
+            low = middle
+    result, text = quiet(lambda: run(high))
+    if result is not True:
+        raise SystemExit(f"TFLM allocates the model in {high} bytes but fails to run it: {result}")
+    say("verified", high)
+
+
+if __name__ == "__main__":
+    path, zero_point, shape, low, high, recorded = sys.argv[1:7]
+    main(path, int(zero_point), tuple(int(d) for d in shape.split(",")), int(low), int(high),
+         int(recorded))

@@ -1,0 +1,39 @@
+"""Runs one export job in a TensorFlow-backend process (see `exporter.run_in_tensorflow`).
+
+    KERAS_BACKEND=tensorflow python -m keras_egt.export._worker job.json
+"""
+
+import json
+import os
+import sys
+import traceback
+
+
+def main(job_path):
+    with open(job_path, encoding="utf-8") as f:
+        job = json.load(f)
+    try:
+        import keras
+        import numpy as np
+
+        if keras.backend.backend() != "tensorflow":
+            raise RuntimeError("the export worker must run with KERAS_BACKEND=tensorflow.")
+        import keras_egt  # noqa: F401  (registers the model's classes for loading)
+        from keras_egt import export
+
+        model = keras.saving.load_model(job["model"], compile=False)
+        arrays = {name: np.load(path) for name, path in job["arrays"].items()}
+        value = getattr(export, job["function"])(model, **arrays, **job["kwargs"])
+        result = {"value": value}
+    except Exception as error:  # reported to the parent process, which re-raises it
+        traceback.print_exc()
+        result = {"error": str(error), "error_type": type(error).__name__}
+    tmp = job["result"] + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(result, f)
+    os.replace(tmp, job["result"])
+    return 0 if "value" in result else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,360 @@
+"""`export_cascade`: a trained EarlyExitCNN to five int8 TFLite segments and a manifest."""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import keras
+import numpy as np
+
+from keras_egt.export import runtime as rt
+from keras_egt.export.segments import build_segments, check_model, segment_inputs, segment_shapes
+from keras_egt.model import NUM_EXITS
+
+# Retries of a segment whose input quantization did not come out equal to the
+# previous segment's features (each retry is one more conversion).
+_HANDOFF_ATTEMPTS = 3
+
+
+def resolve_thresholds(threshold):
+    """One threshold per segment from a number, or 4 or 5 numbers (the fifth is unused).
+
+    Returns:
+        A list of 5 floats; with 4 given, the fifth is `keras_egt.cascade.NEVER_EXIT`.
+    """
+    if np.ndim(threshold) == 0:
+        values = [threshold] * NUM_EXITS
+    else:
+        values = list(threshold)
+        if len(values) not in (NUM_EXITS - 1, NUM_EXITS):
+            raise ValueError(
+                f"threshold must be one number or one per exit ({NUM_EXITS}, the last unused, "
+                f"or {NUM_EXITS - 1}), got {len(values)}."
+            )
+        if len(values) == NUM_EXITS - 1:
+            values.append(2.0)  # keras_egt.cascade.NEVER_EXIT: exit 5 takes every sample
+    try:
+        values = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold must be numbers, got {threshold!r}.") from None
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"threshold must be finite numbers, got {values}.")
+    return values
+
+
+def check_representative_data(data, image_shape):
+    """The representative data as float32 `(n, H, W, C)`, or a clear ValueError."""
+    data = np.asarray(data)
+    if data.ndim == 3 and tuple(data.shape) == tuple(image_shape):
+        data = data[None]
+    if data.ndim != 4 or tuple(data.shape[1:]) != tuple(image_shape):
+        raise ValueError(
+            f"representative_data must be real inputs of shape (n, "
+            f"{', '.join(map(str, image_shape))}), preprocessed as in training; got shape "
+            f"{data.shape}. Pass e.g. x_train[:256]."
+        )
+    if len(data) == 0:
+        raise ValueError("representative_data is empty; pass a few hundred training inputs.")
+    if not np.issubdtype(data.dtype, np.number):
+        raise ValueError(f"representative_data must be numeric, got dtype {data.dtype}.")
+    data = data.astype(np.float32)
+    if not np.all(np.isfinite(data)):
+        raise ValueError("representative_data holds NaN or Inf values; clean them first.")
+    return data
+
+
+def _check_out_dir(out_dir, overwrite):
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(out_dir):
+        if not os.path.isdir(out_dir):
+            raise ValueError(f"out_dir {out_dir!r} exists and is not a folder.")
+        if os.listdir(out_dir) and not overwrite:
+            raise ValueError(
+                f"out_dir {out_dir!r} exists and is not empty; pass overwrite=True "
+                "(--overwrite) to replace it, or choose another folder."
+            )
+    return out_dir
+
+
+def _publish(tmp_dir, out_dir):
+    """Moves the finished folder into place (renames only; the old one goes last)."""
+    trash = None
+    if os.path.exists(out_dir):
+        trash = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-",
+                                 dir=os.path.dirname(out_dir))
+        os.rmdir(trash)
+        os.rename(out_dir, trash)
+    try:
+        os.rename(tmp_dir, out_dir)
+    except OSError:
+        if trash is not None:
+            os.rename(trash, out_dir)
+        raise
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _tensor_spec(t):
+    return {"shape": list(t["shape"]), "dtype": t["dtype"].lower(),
+            "scale": float(t["scale"][0]), "zero_point": int(t["zero_point"][0])}
+
+
+def _same_quantization(a, b):
+    return a["shape"] == b["shape"] and a["scale"] == b["scale"] and a["zero_point"] == b["zero_point"]
+
+
+def _convert_checked(segment, calibration, k, num_classes, next_shape, previous):
+    """Converts segment k (1-based) and returns (bytes, info, manifest entry parts)."""
+    from keras_egt.export import convert
+
+    name = f"segment {k}"
+    if previous is None:
+        attempts = [None]
+    else:
+        attempts = convert.calibration_ranges(previous["scale"], previous["zero_point"])
+        attempts = attempts[:_HANDOFF_ATTEMPTS] or [
+            ((-128 - previous["zero_point"]) * previous["scale"],
+             (127 - previous["zero_point"]) * previous["scale"])
+        ]
+    for attempt in attempts:
+        data = calibration if attempt is None else convert.pin_range(calibration, *attempt)
+        model_bytes = convert.convert_segment(segment, data, name=name)
+        info = convert.inspect_tflite(model_bytes)
+        convert.check_full_int8(info, name)
+        if len(info["inputs"]) != 1:
+            raise ValueError(f"{name} has {len(info['inputs'])} inputs; expected 1.")
+        spec_in = _tensor_spec(info["inputs"][0])
+        if previous is None or _same_quantization(spec_in, previous):
+            break
+    else:
+        raise ValueError(
+            f"int8 handoff mismatch: segment {k - 1} outputs features with scale "
+            f"{previous['scale']!r} and zero point {previous['zero_point']}, but the converter "
+            f"gave segment {k}'s input scale {spec_in['scale']!r} and zero point "
+            f"{spec_in['zero_point']} (after {len(attempts)} calibrations pinned to segment "
+            f"{k - 1}'s range). Firmware passes the int8 buffer as is, so the export stops "
+            "rather than ship a silent requantization. Please report this with your "
+            "TensorFlow version."
+        )
+    outputs = info["outputs"]
+    expected = 1 if next_shape is None else 2
+    ranks = sorted(len(t["shape"]) for t in outputs)
+    if len(outputs) != expected or ranks != ([2] if next_shape is None else [2, 4]):
+        raise ValueError(
+            f"{name}: expected {expected} outputs (probabilities (1, {num_classes})"
+            f"{'' if next_shape is None else ' and features'}), got shapes "
+            f"{[t['shape'] for t in outputs]}."
+        )
+    p_index = next(i for i, t in enumerate(outputs) if len(t["shape"]) == 2)
+    probabilities = dict(_tensor_spec(outputs[p_index]), output_index=p_index)
+    if probabilities["shape"] != [1, num_classes]:
+        raise ValueError(f"{name}: probabilities have shape {probabilities['shape']}, "
+                         f"expected [1, {num_classes}].")
+    features = None
+    if next_shape is not None:
+        f_index = 1 - p_index
+        features = dict(_tensor_spec(outputs[f_index]), output_index=f_index)
+        if features["shape"] != [1] + list(next_shape):
+            raise ValueError(f"{name}: features have shape {features['shape']}, expected "
+                             f"{[1] + list(next_shape)}.")
+    return model_bytes, info, spec_in, probabilities, features
+
+
+def _export_into(folder, model, data, thresholds, class_names, verbose, metadata=None):
+    from keras_egt import __version__, costs
+
+    shapes = segment_shapes(model)
+    calibration = segment_inputs(model, data)
+    segments = build_segments(model)
+    macs = [b + h for b, h in zip(costs.block_macs(model), costs.head_macs(model))]
+    progress = keras.utils.Progbar(NUM_EXITS, unit_name="segment") if verbose else None
+    entries, previous = [], None
+    for k in range(1, NUM_EXITS + 1):
+        next_shape = shapes[k] if k < NUM_EXITS else None
+        model_bytes, info, spec_in, probabilities, features = _convert_checked(
+            segments[k - 1], calibration[k - 1], k, model.num_classes, next_shape, previous
+        )
+        file_name = f"segment_{k}.tflite"
+        with open(os.path.join(folder, file_name), "wb") as f:
+            f.write(model_bytes)
+        ops = list(dict.fromkeys(info["ops"]))
+        threshold_int8 = None
+        if k < NUM_EXITS:
+            threshold_int8 = rt.int8_threshold(
+                thresholds[k - 1], probabilities["scale"], probabilities["zero_point"]
+            )
+        arena, recorded = rt.tflm_arena_bytes(
+            model_bytes, spec_in["shape"], spec_in["zero_point"], return_recorded=True
+        )
+        entries.append({
+            "index": k,
+            "file": file_name,
+            "sha256": rt.sha256(model_bytes),
+            "flash_bytes": len(model_bytes),
+            "arena_bytes": arena,
+            "arena_recorded_bytes": recorded,
+            "macs": int(macs[k - 1]),
+            "input": spec_in,
+            "probabilities": probabilities,
+            "features": features,
+            "threshold_int8": threshold_int8,
+            "ops": ops,
+        })
+        previous = features
+        if progress is not None:
+            progress.update(k)
+    manifest = {
+        "format_version": rt.FORMAT_VERSION,
+        "keras_egt_version": __version__,
+        "num_classes": int(model.num_classes),
+        "class_names": None if class_names is None else [str(c) for c in class_names],
+        "input_shape": [int(d) for d in model.image_shape],
+        "criterion": rt.CRITERION,
+        "thresholds": thresholds,
+        "num_calibration_samples": int(len(data)),
+        "quantization": "ptq",
+        "segments": entries,
+    }
+    for key, value in (metadata or {}).items():
+        if key in manifest and key != "quantization":
+            raise ValueError(f"metadata key {key!r} is a manifest field; rename it.")
+        manifest[key] = value
+    path = os.path.join(folder, rt.MANIFEST)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2)
+        f.write("\n")
+    return manifest
+
+
+def export_cascade(model, out_dir, representative_data, threshold=0.9, class_names=None,
+                   overwrite=False, verbose=False, metadata=None):
+    """Exports a trained EarlyExitCNN as five full-int8 TFLite segments for a microcontroller.
+
+    Segment k runs block k and exit head k of `model` and outputs exit k's softmax
+    probabilities and (k < 5) its int8 feature map, which segment k+1 takes as
+    input. Each segment is converted with the TFLite converter to full int8
+    (`TFLITE_BUILTINS_INT8` only, int8 inputs and outputs), calibrated on
+    `representative_data` propagated through the float model (segment k on the
+    float features leaving block k-1). Then:
+
+    * every op is checked to compute in int8 (no float, Flex or custom op);
+    * segment k+1's input quantization is made equal to segment k's features
+      (calibration pinned to the range segment k's int8 output represents) and
+      verified, so firmware hands the int8 buffer over as is;
+    * each segment's TFLM arena is measured with TFLM's recording allocator.
+
+    The folder gets `segment_1.tflite` ... `segment_5.tflite`, `manifest.json`
+    (shapes, quantization, int8 exit thresholds, sha256, flash and arena bytes,
+    MACs, ops) and the C sources `model_data.c/.h` and `egt_manifest.h` of
+    `keras_egt.firmware`. It is written into a temporary folder next to `out_dir`
+    and renamed at the end, so a failed export leaves nothing behind.
+
+    Needs TensorFlow (`pip install keras-egt[deploy]`). A model living on the JAX or
+    PyTorch backend is saved to a temporary `.keras` file and exported by a
+    `KERAS_BACKEND=tensorflow` subprocess; the result is the same.
+
+    Args:
+        model: a trained `EarlyExitCNN`.
+        out_dir: the deploy folder to create.
+        representative_data: real inputs `(n, H, W, C)` preprocessed as in training,
+            e.g. `x_train[:256]`.
+        threshold: the exit threshold on the max probability: one number (the
+            paper: 0.9) or one per exit (4, or 5 with the last unused).
+        class_names: optional class names for the manifest.
+        overwrite: replace an existing non-empty `out_dir`.
+        verbose: show a progress bar.
+        metadata: extra JSON-serialisable keys for the manifest (e.g. how the model
+            was quantized: `quantization_aware_export` sets `"quantization": "qat"`).
+
+    Returns:
+        The manifest (a dict, also in `out_dir/manifest.json`).
+
+    Example:
+    >>> egt.export.export_cascade(model, "deploy/", x_train[:256], threshold=0.9)
+    >>> runner = egt.export.load_cascade("deploy/", runtime="tflm")
+    """
+    check_model(model)
+    data = check_representative_data(representative_data, model.image_shape)
+    thresholds = resolve_thresholds(threshold)
+    if class_names is not None and len(class_names) != model.num_classes:
+        raise ValueError(f"class_names has {len(class_names)} names for "
+                         f"{model.num_classes} classes.")
+    out_dir = _check_out_dir(out_dir, overwrite)
+    if keras.backend.backend() != "tensorflow":
+        return run_in_tensorflow(
+            "export_cascade", model, {"representative_data": data},
+            dict(out_dir=out_dir, threshold=thresholds, overwrite=overwrite,
+                 class_names=None if class_names is None else [str(c) for c in class_names],
+                 verbose=verbose, metadata=metadata),
+        )
+    from keras_egt import firmware
+    from keras_egt.export import _deps
+
+    _deps.tensorflow()
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    try:
+        manifest = _export_into(tmp_dir, model, data, thresholds, class_names, verbose, metadata)
+        firmware.write_c_sources(tmp_dir, manifest)
+        _publish(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return manifest
+
+
+# ---------------------------------------------------------------------------------
+# Other backends: the export runs in a TensorFlow-backend subprocess.
+
+_ERRORS = {"ValueError": ValueError, "TypeError": TypeError, "ImportError": ImportError,
+           "FileNotFoundError": FileNotFoundError, "RuntimeError": RuntimeError}
+
+
+def run_in_tensorflow(function, model, arrays, kwargs):
+    """Runs `keras_egt.export.<function>(model, **arrays, **kwargs)` with KERAS_BACKEND=tensorflow.
+
+    The model goes through a temporary `.keras` file, the arrays through `.npy`
+    files. Errors of the subprocess are raised here with the same type
+    (ValueError, TypeError, ImportError, FileNotFoundError) or as RuntimeError.
+
+    Returns:
+        The function's JSON-serialisable result.
+    """
+    with tempfile.TemporaryDirectory(prefix="keras_egt_export_") as work:
+        model_path = os.path.join(work, "model.keras")
+        model.save(model_path)
+        array_paths = {}
+        for name, value in arrays.items():
+            array_paths[name] = os.path.join(work, f"{name}.npy")
+            np.save(array_paths[name], np.asarray(value))
+        job = {"function": function, "model": model_path, "arrays": array_paths,
+               "kwargs": kwargs, "result": os.path.join(work, "result.json")}
+        job_path = os.path.join(work, "job.json")
+        with open(job_path, "w", encoding="utf-8") as f:
+            json.dump(job, f)
+        env = dict(os.environ, KERAS_BACKEND="tensorflow")
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        process = subprocess.run(
+            [sys.executable, "-m", "keras_egt.export._worker", job_path],
+            env=env, stdin=subprocess.DEVNULL, stdout=None if kwargs.get("verbose") else subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )
+        result = None
+        if os.path.exists(job["result"]):
+            with open(job["result"], encoding="utf-8") as f:
+                result = json.load(f)
+        if result is None or "error" in result:
+            if result is not None:
+                error = _ERRORS.get(result["error_type"], RuntimeError)
+                raise error(result["error"])
+            tail = "\n".join((process.stderr or "").strip().splitlines()[-20:])
+            raise RuntimeError(
+                f"the TensorFlow-backend export subprocess failed (exit code "
+                f"{process.returncode}):\n{tail}"
+            )
+        return result["value"]

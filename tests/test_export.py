@@ -1,0 +1,441 @@
+"""The split int8 TFLite cascade: export, checks, LiteRT/TFLM runtimes, QAT, CLI.
+
+TensorFlow-only tests share one tiny trained model and one exported folder
+(module-scoped). The int8 rule, decisions and input checks are backend-agnostic; a
+model trained on JAX or PyTorch is exported through the TensorFlow subprocess in
+those passes.
+"""
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from fractions import Fraction
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import BACKEND, blob_task
+import keras_egt as egt
+from keras_egt import export
+from keras_egt.export import convert
+from keras_egt.export import runtime as rt
+
+TINY = (4, 8, 8, 8, 8)
+# Low enough that the tiny model's exits 2-5 all take samples (its confidences are
+# far below the paper's 0.9), so the cascade logic is exercised at every segment.
+THRESHOLD = 0.8
+NUM_TRAIN = 192
+
+
+def _trained_tiny(epochs=6):
+    """A tiny model trained on blobs, with its (train, test) split."""
+    x, y = blob_task(n=256)
+    keras.utils.set_random_seed(1234)
+    model = egt.EarlyExitCNN(3, (32, 32, 2), widths=TINY)
+    model.compile("adam", metrics=["accuracy"])
+    model.fit(x[:NUM_TRAIN], y[:NUM_TRAIN], epochs=epochs, batch_size=32, verbose=0)
+    return model, (x[:NUM_TRAIN], y[:NUM_TRAIN]), (x[NUM_TRAIN:], y[NUM_TRAIN:])
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return _trained_tiny()
+
+
+@pytest.fixture(scope="module")
+def deployed(trained, tmp_path_factory):
+    if BACKEND != "tensorflow":
+        pytest.skip("TensorFlow-only fixture")
+    model, (x_train, y_train), (x_test, y_test) = trained
+    out = str(tmp_path_factory.mktemp("export") / "deploy")
+    manifest = export.export_cascade(model, out, x_train[:32], threshold=THRESHOLD)
+    return {"model": model, "dir": out, "manifest": manifest, "x_train": x_train,
+            "y_train": y_train, "x_test": x_test, "y_test": y_test}
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+# ------------------------------------------------------------------ backend-agnostic
+
+
+def _exact_threshold(t, scale, zero_point):
+    """Smallest int8 q whose probability (q - z) * s reaches t, in exact arithmetic."""
+    need = Fraction(t) / Fraction(scale) + zero_point  # q >= need
+    q = math.ceil(need)
+    return min(max(q, -128), 128)
+
+
+def test_int8_threshold_hand_cases():
+    softmax = (1 / 256, -128)  # TFLite's fixed int8 softmax output quantization
+    assert export.int8_threshold(0.9, *softmax) == 103  # ceil(230.4) - 128
+    assert export.int8_threshold(0.5, *softmax) == 0  # exactly representable: q = 0 fires
+    assert export.int8_threshold(1.0, *softmax) == 128  # p <= 255/256: never
+    assert export.int8_threshold(2.0, *softmax) == 128
+    assert export.int8_threshold(0.0, *softmax) == -128  # always
+    assert export.int8_threshold(-3.0, *softmax) == -128
+    assert export.int8_threshold(0.1, 0.01, 5) == 15
+    with pytest.raises(ValueError, match="NaN"):
+        export.int8_threshold(float("nan"), *softmax)
+    with pytest.raises(ValueError, match="scale"):
+        export.int8_threshold(0.9, 0.0, 0)
+
+
+def test_int8_threshold_matches_exact_rule():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        scale = float(np.float32(rng.uniform(1e-3, 0.05)))
+        zero_point = int(rng.integers(-128, 128))
+        t = float(rng.uniform(-0.5, 1.5))
+        need = Fraction(t) / Fraction(scale) + zero_point
+        if abs(need - round(need)) < Fraction(1, 10**6):
+            continue  # float rounding may land either side of an exact integer
+        q = export.int8_threshold(t, scale, zero_point)
+        assert q == _exact_threshold(t, scale, zero_point)
+        # The meaning: q fires for exactly the int8 values at or above t.
+        for value in (q - 1, q):
+            if -128 <= value <= 127:
+                assert ((value - zero_point) * scale >= t) == (value >= q)
+
+
+def test_decide_int8_hand_made():
+    # 3 samples, 2 classes; thresholds 10, 20, 30, 40 for segments 1-4.
+    q = np.full((5, 3, 2), -128, np.int8)
+    q[0, 0] = [10, -5]  # sample 0 exits at segment 1 (10 >= 10), label 0
+    q[0, 1] = [9, 0]  # sample 1: 9 < 10 ...
+    q[1, 1] = [-3, 20]  # ... exits at segment 2, label 1
+    q[4, 2] = [-1, 3]  # sample 2 never confident: segment 5, label 1
+    q[3, 2] = [39, 0]
+    labels, exits = export.decide_int8(q, [10, 20, 30, 40, -128])
+    np.testing.assert_array_equal(exits, [0, 1, 4])
+    np.testing.assert_array_equal(labels, [0, 1, 1])
+    _, never = export.decide_int8(q, [128] * 4)
+    np.testing.assert_array_equal(never, [4, 4, 4])
+
+
+def test_quantize_rounds_half_away_from_zero_and_saturates():
+    q = rt.quantize(np.array([0.5, 1.5, -0.5, -1.5, 0.26, 1000.0, -1000.0]), 1.0, 0)
+    np.testing.assert_array_equal(q, [1, 2, -1, -2, 0, 127, -128])
+    np.testing.assert_array_equal(rt.quantize(np.array([0.0, 0.25]), 0.25, -3), [-3, -2])
+
+
+def test_resolve_thresholds():
+    assert export.resolve_thresholds(0.9) == [0.9] * 5
+    assert export.resolve_thresholds([0.1, 0.2, 0.3, 0.4]) == [0.1, 0.2, 0.3, 0.4, 2.0]
+    with pytest.raises(ValueError, match="one per exit"):
+        export.resolve_thresholds([0.9, 0.9])
+    with pytest.raises(ValueError, match="finite"):
+        export.resolve_thresholds(float("inf"))
+
+
+def test_export_rejects_bad_input(trained, tmp_path):
+    model = trained[0]
+    with pytest.raises(ValueError, match="representative_data"):
+        export.export_cascade(model, tmp_path / "d", np.zeros((4, 16, 16, 2)))
+    with pytest.raises(ValueError, match="NaN"):
+        export.export_cascade(model, tmp_path / "d", np.full((4, 32, 32, 2), np.nan))
+    with pytest.raises(TypeError, match="EarlyExitCNN"):
+        export.export_cascade(keras.Sequential([keras.layers.Dense(2)]), tmp_path / "d",
+                              np.zeros((4, 32, 32, 2)))
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="overwrite"):
+        export.export_cascade(model, tmp_path / "busy", np.zeros((4, 32, 32, 2)))
+    assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
+    assert not (tmp_path / "d").exists()
+
+
+def test_import_keras_egt_does_not_import_tensorflow():
+    code = ("import sys, keras_egt as egt; egt.export.load_cascade; "
+            "print(sorted(m for m in ('tensorflow', 'tflite_micro', 'ai_edge_litert', "
+            "'tensorflow_model_optimization') if m in sys.modules))")
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow",
+                    reason="exports a JAX/PyTorch model; runs in those passes")
+def test_export_from_other_backend_runs_in_tensorflow_subprocess(trained, tmp_path):
+    model, (x_train, _), (x_test, _) = trained
+    out = tmp_path / "deploy"
+    manifest = export.export_cascade(model, out, x_train[:16], threshold=THRESHOLD)
+    assert sorted(os.listdir(out)) == sorted(
+        [f"segment_{k}.tflite" for k in range(1, 6)]
+        + ["manifest.json", "model_data.c", "model_data.h", "egt_manifest.h"])
+    assert manifest == json.loads((out / "manifest.json").read_text())
+    runner = export.load_cascade(out, runtime="tflm")
+    labels, exits = runner.predict(x_test)
+    float_labels, float_exits = egt.Cascade(model, threshold=THRESHOLD).predict(x_test)
+    assert np.mean(labels == float_labels) >= 0.9
+    assert np.mean(exits == float_exits) >= 0.9
+
+
+# ------------------------------------------------------------------ TensorFlow
+
+
+@pytest.mark.tensorflow_only
+def test_manifest_is_complete(deployed):
+    folder, manifest, model = deployed["dir"], deployed["manifest"], deployed["model"]
+    assert sorted(os.listdir(folder)) == sorted(
+        [f"segment_{k}.tflite" for k in range(1, 6)]
+        + ["manifest.json", "model_data.c", "model_data.h", "egt_manifest.h"])
+    with open(os.path.join(folder, "manifest.json"), encoding="utf-8") as f:
+        assert json.load(f) == manifest
+    assert manifest["format_version"] == 1
+    assert manifest["keras_egt_version"] == egt.__version__
+    assert manifest["num_classes"] == 3 and manifest["input_shape"] == [32, 32, 2]
+    assert manifest["criterion"] == "max_probability"
+    assert manifest["thresholds"] == [THRESHOLD] * 5
+    segments = manifest["segments"]
+    assert [s["index"] for s in segments] == [1, 2, 3, 4, 5]
+    macs = [b + h for b, h in zip(egt.costs.block_macs(model), egt.costs.head_macs(model))]
+    shape = [1, 32, 32, 2]
+    for k, seg in enumerate(segments):
+        data = _read(os.path.join(folder, seg["file"]))
+        assert seg["file"] == f"segment_{k + 1}.tflite"
+        assert seg["sha256"] == hashlib.sha256(data).hexdigest()
+        assert seg["flash_bytes"] == len(data)
+        assert seg["macs"] == macs[k]
+        assert seg["arena_bytes"] >= seg["arena_recorded_bytes"] > 0
+        assert seg["input"]["shape"] == shape and seg["input"]["dtype"] == "int8"
+        probs = seg["probabilities"]
+        assert probs["shape"] == [1, 3] and probs["dtype"] == "int8"
+        info = convert.inspect_tflite(data)
+        assert seg["ops"] == list(dict.fromkeys(info["ops"]))
+        if k < 4:
+            h = shape[1] // 2
+            shape = [1, h, h, model.widths[k]]
+            assert seg["features"]["shape"] == shape and seg["features"]["dtype"] == "int8"
+            assert seg["threshold_int8"] == export.int8_threshold(
+                THRESHOLD, probs["scale"], probs["zero_point"])
+            assert sorted([probs["output_index"], seg["features"]["output_index"]]) == [0, 1]
+        else:
+            assert seg["features"] is None and seg["threshold_int8"] is None
+            assert probs["output_index"] == 0
+    # The firmware arrays are the segment files byte for byte (spot check of segment 1).
+    source = open(os.path.join(folder, "model_data.c"), encoding="ascii").read()
+    first = _read(os.path.join(folder, "segment_1.tflite"))
+    body = source.split("g_egt_segment_1[")[1].split("{", 1)[1].split("}", 1)[0]
+    assert bytes(int(v, 16) for v in body.replace("\n", " ").split(",")) == first
+
+
+@pytest.mark.tensorflow_only
+def test_every_op_is_int8(deployed):
+    for seg in deployed["manifest"]["segments"]:
+        info = convert.inspect_tflite(_read(os.path.join(deployed["dir"], seg["file"])))
+        assert info["num_subgraphs"] == 1
+        for op in info["operators"]:
+            assert op["name"] not in ("DEQUANTIZE", "QUANTIZE") and "CUSTOM" not in op["name"]
+            for j in op["inputs"] + op["outputs"]:
+                if j < 0:
+                    continue
+                t = info["tensors"][j]
+                # int8 everywhere but int32 constants (biases, axes, shapes)
+                assert t["dtype"] == "INT8" or (t["dtype"] == "INT32" and t["constant"]), (
+                    seg["file"], op["name"], t["name"], t["dtype"])
+        convert.check_full_int8(info)  # the export's own check agrees
+
+
+@pytest.mark.tensorflow_only
+def test_check_full_int8_rejects_a_float_model(deployed):
+    segment = export.build_segments(deployed["model"])[4]
+    data = np.ones((2, 2, 2, 8), np.float32)
+    info = convert.inspect_tflite(convert.convert_segment(segment, data, int8=False))
+    with pytest.raises(ValueError, match="FLOAT32"):
+        convert.check_full_int8(info, "float model")
+
+
+@pytest.mark.tensorflow_only
+def test_handoff_needs_no_requantization(deployed):
+    from ai_edge_litert.interpreter import Interpreter
+
+    details = []
+    for seg in deployed["manifest"]["segments"]:
+        interpreter = Interpreter(model_path=os.path.join(deployed["dir"], seg["file"]))
+        outputs = interpreter.get_output_details()
+        features = [d for d in outputs if len(d["shape"]) == 4]
+        details.append((interpreter.get_input_details()[0], features[0] if features else None))
+    for k in range(4):
+        out, nxt = details[k][1], details[k + 1][0]
+        assert out["dtype"] == nxt["dtype"] == np.int8
+        np.testing.assert_array_equal(out["shape"], nxt["shape"])
+        # bit-equal float32 scale and equal zero point: the buffer is passed as is
+        assert np.float32(out["quantization"][0]).tobytes() == np.float32(nxt["quantization"][0]).tobytes()
+        assert out["quantization"][1] == nxt["quantization"][1]
+
+
+@pytest.mark.tensorflow_only
+def test_calibration_ranges_reproduce_the_parameters():
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        rmax = np.float32(rng.uniform(0.5, 20.0))
+        scale, zero_point = convert._emulated_quantization(0.0, rmax)
+        ranges = convert.calibration_ranges(scale, zero_point)
+        assert ranges, (scale, zero_point)
+        for lo, hi in ranges:
+            assert convert._emulated_quantization(lo, hi) == (scale, zero_point)
+    data = np.array([[0.0, 1.0, 5.0]], np.float32)
+    pinned = convert.pin_range(data, 0.0, 3.0)
+    np.testing.assert_array_equal(pinned, [[0.0, 1.0, 3.0]])
+
+
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("runtime", ["tflm", "litert"])
+def test_runtime_agrees_with_float_cascade(deployed, runtime):
+    model, x, y = deployed["model"], deployed["x_test"], deployed["y_test"]
+    runner = export.load_cascade(deployed["dir"], runtime=runtime)
+    labels, exits = runner.predict(x)
+    assert labels.dtype == exits.dtype == np.int64 and len(runner.last_seconds) == len(x)
+    # The early-stopping loop makes the decisions of the exit rule on all segments.
+    q = runner.run_segments(x)
+    expected = export.decide_int8(q, runner.thresholds_int8)
+    np.testing.assert_array_equal(labels, expected[0])
+    np.testing.assert_array_equal(exits, expected[1])
+    # Per segment, the int8 probabilities are within a few int8 steps of the float ones.
+    p_float = egt.metrics.exit_probabilities(model, x)
+    p_int8 = runner.probabilities(q)
+    assert np.mean(np.abs(p_int8 - p_float)) <= 4 / 256
+    assert np.all(np.mean(p_int8.argmax(-1) == p_float.argmax(-1), axis=1) >= 0.9)
+    # The whole cascade agrees with the float Keras cascade.
+    float_labels, float_exits = egt.Cascade(model, threshold=THRESHOLD).predict(x)
+    assert len(set(float_exits.tolist())) >= 3  # the test exercises several exits
+    assert np.mean(labels == float_labels) >= 0.9
+    assert np.mean(exits == float_exits) >= 0.9
+    assert abs(np.mean(labels == y) - np.mean(float_labels == y)) <= 0.05
+    report = runner.report()
+    for seg in deployed["manifest"]["segments"]:
+        assert f"{seg['flash_bytes']:,}" in report and f"{seg['arena_bytes']:,}" in report
+
+
+@pytest.mark.tensorflow_only
+def test_runtimes_agree_with_each_other(deployed):
+    x = deployed["x_test"]
+    q_tflm = export.load_cascade(deployed["dir"], runtime="tflm").run_segments(x)
+    q_litert = export.load_cascade(deployed["dir"], runtime="litert").run_segments(x)
+    # Same int8 model; kernels may round differently by one step (LiteRT's optimized
+    # kernels vs TFLM's reference ones), which later segments can carry on.
+    diff = np.abs(q_tflm.astype(int) - q_litert.astype(int))
+    assert diff[0].max() <= 1  # segment 1: same input, one rounding step at most
+    assert diff.mean() <= 1
+    assert np.mean(q_tflm.argmax(-1) == q_litert.argmax(-1)) >= 0.95
+
+
+@pytest.mark.tensorflow_only
+def test_tampered_or_mismatched_file_is_refused(deployed, tmp_path):
+    folder = tmp_path / "deploy"
+    shutil.copytree(deployed["dir"], folder)
+    path = folder / "segment_3.tflite"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    for runtime in ("tflm", "litert"):
+        with pytest.raises(ValueError, match="sha256.*refusing"):
+            export.load_cascade(folder, runtime=runtime)
+    # A valid segment file in the wrong place, with its hash in the manifest: caught by
+    # its shapes and quantization.
+    shutil.copy(os.path.join(deployed["dir"], "segment_2.tflite"), path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["segments"][2]["sha256"] = manifest["segments"][1]["sha256"]
+    manifest["segments"][2]["flash_bytes"] = manifest["segments"][1]["flash_bytes"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="does not belong"):
+        export.load_cascade(folder, runtime="litert")
+    os.remove(folder / "manifest.json")
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        export.load_cascade(folder)
+
+
+@pytest.mark.tensorflow_only
+def test_failed_export_leaves_nothing(deployed, tmp_path, monkeypatch):
+    from keras_egt.export import convert
+
+    calls = []
+    real = convert.convert_segment
+
+    def fail_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("forced failure")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(convert, "convert_segment", fail_on_third)
+    x = deployed["x_train"][:8]
+    with pytest.raises(RuntimeError, match="forced failure"):
+        export.export_cascade(deployed["model"], tmp_path / "new", x)
+    assert os.listdir(tmp_path) == []  # no folder, no temporary left
+    # Replacing an existing export: on failure the old one stays whole.
+    old = tmp_path / "old"
+    shutil.copytree(deployed["dir"], old)
+    before = {name: _read(old / name) for name in os.listdir(old)}
+    calls.clear()
+    with pytest.raises(RuntimeError, match="forced failure"):
+        export.export_cascade(deployed["model"], old, x, overwrite=True)
+    assert os.listdir(tmp_path) == ["old"]
+    assert {name: _read(old / name) for name in os.listdir(old)} == before
+
+
+@pytest.mark.tensorflow_only
+def test_quantization_aware_export_runs(deployed, tmp_path):
+    from keras_egt.export import qat
+
+    model, x, y = deployed["model"], deployed["x_train"], deployed["y_train"]
+    before = egt.metrics.exit_probabilities(model, deployed["x_test"][:4])
+    mirror, _ = qat.build_mirror(model)
+    qat.check_mirror(model, mirror, x[:16])  # the tf_keras mirror is the same network
+    out = tmp_path / "qat"
+    manifest = export.quantization_aware_export(
+        model, out, x[:64], y[:64], representative_data=x[:16], threshold=THRESHOLD,
+        epochs=1, batch_size=32)
+    assert manifest["quantization"] == "qat" and manifest["qat_epochs"] == 1
+    runner = export.load_cascade(out, runtime="tflm")
+    labels, _ = runner.predict(deployed["x_test"])
+    assert np.mean(labels == deployed["y_test"]) > 1 / 3 + 0.2  # well above chance
+    # The original model is untouched by the fine-tuning.
+    np.testing.assert_array_equal(
+        egt.metrics.exit_probabilities(model, deployed["x_test"][:4]), before)
+
+
+@pytest.mark.tensorflow_only
+def test_cli_run_tflite_and_export_errors(deployed, tmp_path, capsys):
+    from keras_egt.cli import main
+
+    npz = tmp_path / "data.npz"
+    np.savez(npz, x_train=deployed["x_train"], y_train=deployed["y_train"],
+             x_test=deployed["x_test"], y_test=deployed["y_test"])
+    model_path = tmp_path / "tiny.keras"
+    deployed["model"].save(model_path)
+    code = main(["run-tflite", deployed["dir"], "--data", str(npz), "--runtime", "litert",
+                 "--model", str(model_path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    runner = export.load_cascade(deployed["dir"], runtime="litert")
+    labels, _ = runner.predict(deployed["x_test"])
+    assert f"accuracy {100 * np.mean(labels == deployed['y_test']):.2f}%" in out
+    assert "agreement with int8" in out and "TFLM arena bytes" in out
+    # An existing deploy folder is not overwritten without --overwrite.
+    code = main(["export", str(model_path), deployed["dir"], "--data", str(npz)])
+    assert code == 2 and "overwrite" in capsys.readouterr().err
+    code = main(["export", str(model_path), str(tmp_path / "d"), "--data", str(npz),
+                 "--threshold", "0.9", "0.9"])
+    assert code == 2 and "--threshold" in capsys.readouterr().err
+
+
+@pytest.mark.tensorflow_only
+def test_worker_reports_errors_with_their_type(tmp_path):
+    from keras_egt.export import _worker
+
+    job = {"function": "export_cascade", "model": str(tmp_path / "missing.keras"),
+           "arrays": {}, "kwargs": {}, "result": str(tmp_path / "result.json")}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    assert _worker.main(str(tmp_path / "job.json")) == 1
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["error_type"] == "ValueError" and "missing.keras" in result["error"]
