@@ -1,0 +1,178 @@
+"""`keras-egt train`: train an early-exit CNN with Explanation-Guided Training.
+
+    keras-egt train --data radar --lambda 0.3 --epochs 50 --output egt.keras
+    keras-egt train --data my_data.npz --widths micro --lambda 0.3 --output egt.keras
+
+The paper's settings are the defaults: widths 64-128-256-512-512, 50 epochs, Adam at
+1e-3 halved every 15 epochs; batch size 32 (the paper does not say). Also holds the
+data and model options that `evaluate` and `explain` share.
+"""
+
+import os
+import zipfile
+
+from keras_egt.cli import CLIError
+
+DATA_HELP = (
+    "'radar' for the built-in simulated 60 GHz radar gesture set (9 classes, 64x64x2), "
+    "or the path of an .npz file with x_train, y_train and optionally x_test, y_test "
+    "(default: radar)"
+)
+
+
+def add_data_arguments(parser):
+    """Adds --data and the built-in set's options to `parser`."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--data", default="radar", metavar="radar|PATH.npz", help=DATA_HELP)
+    group.add_argument("--num-train", type=int, default=1363,
+                       help="radar only: training samples to simulate (default 1363, the paper's)")
+    group.add_argument("--num-test", type=int, default=1364,
+                       help="radar only: test samples to simulate (default 1364, the paper's)")
+    group.add_argument("--data-seed", type=int, default=0,
+                       help="radar only: seed of the simulated set (default 0)")
+
+
+def load_dataset(args):
+    """`((x_train, y_train), (x_test, y_test))` from the parsed --data options."""
+    from keras_egt.datasets import loaders, radar_gestures
+
+    if args.data == "radar":
+        return radar_gestures.load_data(num_train=args.num_train, num_test=args.num_test,
+                                        seed=args.data_seed)
+    if not args.data.lower().endswith(".npz"):
+        raise CLIError(f"--data must be 'radar' or an .npz file, got {args.data!r}.")
+    return loaders.load_npz(args.data)
+
+
+def parse_widths(text):
+    """`"paper"`, `"micro"` or five comma-separated ints -> the `widths` argument."""
+    if text in ("paper", "micro"):
+        return text
+    try:
+        widths = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        widths = ()
+    if len(widths) != 5 or min(widths) < 1:
+        raise CLIError(
+            f"--widths must be 'paper', 'micro' or 5 comma-separated positive ints "
+            f"(e.g. 8,16,32,64,64), got {text!r}."
+        )
+    return widths
+
+
+def load_model(path):
+    """Loads a `.keras` model saved by `keras-egt train`, with a one-line error."""
+    import keras
+
+    import keras_egt  # noqa: F401  (registers the model's classes)
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No such model file: {path}")
+    if not path.endswith(".keras"):
+        raise CLIError(f"{path}: expected a .keras model file (written by keras-egt train).")
+    if not zipfile.is_zipfile(path):
+        raise CLIError(f"{path}: not a .keras file (a .keras model is a zip archive).")
+    try:
+        model = keras.saving.load_model(path)
+    except Exception as error:  # zip, json and deserialisation errors vary
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CLIError(f"{path}: cannot load the model ({message}).") from error
+    if not hasattr(model, "heads") or not hasattr(model, "blocks"):
+        raise CLIError(f"{path}: not a keras-egt EarlyExitCNN.")
+    return model
+
+
+def check_compatible(model, x, where):
+    """Raises a CLIError unless `x` fits the model's input shape."""
+    if tuple(x.shape[1:]) != tuple(model.image_shape):
+        raise CLIError(
+            f"{where} has samples of shape {tuple(x.shape[1:])} but the model expects "
+            f"{tuple(model.image_shape)}."
+        )
+
+
+def split(args, data):
+    """The (x, y) split chosen with --split, checked to be non-empty."""
+    (x_train, y_train), (x_test, y_test) = data
+    x, y = (x_test, y_test) if args.split == "test" else (x_train, y_train)
+    if len(x) == 0:
+        raise CLIError(f"the {args.split} split of {args.data} holds no samples; use --split train.")
+    return x, y
+
+
+def register(subparsers):
+    """Adds the `train` command to `subparsers`."""
+    parser = subparsers.add_parser(
+        "train", help="train an early-exit CNN with EGT and save it as .keras",
+        description="Trains an early-exit CNN with Explanation-Guided Training (λ > 0) or "
+        "as the baseline (λ = 0) and saves it as a .keras file. The defaults are the "
+        "paper's settings.")
+    add_data_arguments(parser)
+    parser.add_argument("--widths", default="paper",
+                        help="channels of the five blocks: 'paper' (64,128,256,512,512), "
+                        "'micro' (8,16,32,64,64) or 5 comma-separated ints (default paper)")
+    parser.add_argument("--lambda", dest="consistency_weight", type=float, default=0.3,
+                        help="λ, weight of the attention-consistency loss; 0 trains the "
+                        "baseline (default 0.3)")
+    parser.add_argument("--epochs", type=int, default=50, help="training epochs (default 50)")
+    parser.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3,
+                        help="Adam's initial learning rate (default 1e-3)")
+    parser.add_argument("--decay-every", type=int, default=15,
+                        help="multiply the learning rate by --decay-factor every this many "
+                        "epochs (default 15)")
+    parser.add_argument("--decay-factor", type=float, default=0.5,
+                        help="learning-rate factor of each step decay (default 0.5)")
+    parser.add_argument("--no-validation", action="store_true",
+                        help="do not report test-split metrics after every epoch")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the weight initialisation and shuffling (default 0)")
+    parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
+                        help="Keras verbosity: 0 silent, 1 progress bar, 2 one line per "
+                        "epoch (default 1)")
+    parser.add_argument("--output", "-o", default="model.keras",
+                        help="the .keras file to write (default model.keras)")
+    parser.set_defaults(func=train_command)
+
+
+def train_command(args):
+    """Handler of `keras-egt train`; returns the exit code."""
+    if not args.output.endswith(".keras"):
+        raise CLIError(f"--output must end in .keras, got {args.output!r}.")
+    for name in ("epochs", "batch_size", "decay_every"):
+        if getattr(args, name) < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+    if not args.learning_rate > 0:
+        raise CLIError(f"--learning-rate must be > 0, got {args.learning_rate}.")
+    widths = parse_widths(args.widths)
+    data = load_dataset(args)
+
+    import keras
+
+    import keras_egt as egt
+
+    (x_train, y_train), (x_test, y_test) = data
+    if args.data == "radar":
+        num_classes = egt.datasets.radar_gestures.NUM_CLASSES
+    else:
+        num_classes = int(max(y_train.max(), y_test.max() if len(y_test) else 0)) + 1
+    keras.utils.set_random_seed(args.seed)
+    model = egt.EarlyExitCNN(num_classes, x_train.shape[1:], widths=widths,
+                             consistency_weight=args.consistency_weight)
+    model.compile(keras.optimizers.Adam(args.learning_rate), metrics=["accuracy"])
+    validation = None if args.no_validation or len(x_test) == 0 else (x_test, y_test)
+    model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
+              validation_data=validation, verbose=args.verbose,
+              callbacks=[egt.callbacks.StepDecay(args.decay_every, args.decay_factor)])
+    save_model(model, args.output)
+    print(f"Saved {args.output} (widths {model.widths}, λ = {model.consistency_weight:g}, "
+          f"{num_classes} classes, trained on {len(x_train)} samples).")
+    return 0
+
+
+def save_model(model, path):
+    """`model.save(path)` atomically (a temporary .keras next to it, then renamed)."""
+    from keras_egt.evaluation import atomic_output
+
+    with atomic_output(path, ".keras") as tmp:
+        model.save(tmp)

@@ -1,0 +1,262 @@
+"""Explanations and figures as PNG files (matplotlib, Agg backend, imported lazily).
+
+* `attention_grid`: inputs with the five exits' attention maps overlaid, one row per
+  sample (what each exit looks at, and whether it agrees with exit 5).
+* `consistency_bars`: per-exit consistency of several models (baseline vs EGT), with
+  each model's chance floor.
+* `exit_histogram`: where samples leave the cascade (and where the oracle would).
+* `speedup_curve`: accuracy against MAC speedup over cascade thresholds.
+
+Every function writes the file atomically and returns its path.
+"""
+
+import os
+
+import numpy as np
+from keras import ops
+
+from keras_egt import metrics
+from keras_egt.model import NUM_EXITS, check_inputs
+
+__all__ = ["attention_grid", "consistency_bars", "exit_histogram", "speedup_curve"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _check_path(path):
+    path = os.fspath(path)
+    if not path.lower().endswith(".png"):
+        raise ValueError(f"Plots are written as PNG: the path must end in .png, got {path!r}.")
+    return path
+
+
+def _save(fig, path):
+    from keras_egt.evaluation import atomic_output
+
+    plt = _pyplot()
+    try:
+        with atomic_output(path, ".png") as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _get(report, key):
+    return report[key] if isinstance(report, dict) else getattr(report, key)
+
+
+def attention_grid(model, x, path, y=None, class_names=None, channel=0):
+    """Writes a grid of inputs with every exit's attention map overlaid.
+
+    Row i shows sample i: its input (one channel, grey) and then, for exits 1-5, the
+    input with that exit's map (bilinearly upsampled, scaled to its own maximum)
+    overlaid, titled with the exit's prediction and, for exits 1-4, the cosine of
+    its map with exit 5's (the Table I metric for this one sample).
+
+    Args:
+        model: an `EarlyExitCNN`.
+        x: inputs `(n, H, W, C)`, one row each (keep n small, e.g. 8).
+        path: the `.png` to write.
+        y: optional true labels, shown in the row labels.
+        class_names: optional names for the classes.
+        channel: which input channel to draw under the maps.
+
+    Returns:
+        `path`.
+
+    Example:
+    >>> egt.plots.attention_grid(model, x_test[:8], "attention.png", y=y_test[:8])
+    """
+    path = _check_path(path)
+    x = np.asarray(x)
+    check_inputs(x, model.image_shape, "x")
+    if len(x) == 0:
+        raise ValueError("attention_grid needs at least one sample.")
+    if not 0 <= int(channel) < x.shape[-1]:
+        raise ValueError(f"channel must be in 0..{x.shape[-1] - 1}, got {channel}.")
+    outputs = metrics.exit_outputs(model, x, batch_size=len(x))
+    predictions = outputs.predictions
+    scores = metrics.attention_consistency(outputs, per_sample=True)
+    # The maps at their own resolution, for drawing.
+    run = metrics.compile_inference(lambda t: metrics._run_exits(model, t, True)[1])
+    maps = run(ops.convert_to_tensor(x, dtype=model.compute_dtype))
+    maps = [np.asarray(ops.convert_to_numpy(m))[..., 0] for m in maps]
+
+    def name(c):
+        c = int(c)
+        return str(class_names[c]) if class_names is not None and c < len(class_names) else str(c)
+
+    plt = _pyplot()
+    n, (height, width) = len(x), x.shape[1:3]
+    fig, axes = plt.subplots(n, NUM_EXITS + 1, squeeze=False,
+                             figsize=(1.7 * (NUM_EXITS + 1), 1.8 * n + 0.4))
+    extent = (0, width, height, 0)
+    for i in range(n):
+        image = x[i, :, :, int(channel)]
+        for j in range(NUM_EXITS + 1):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.imshow(image, cmap="gray", extent=extent, interpolation="nearest")
+            if j == 0:
+                label = "" if y is None else f"true: {name(y[i])}"
+                ax.set_ylabel(f"#{i} {label}", fontsize=7)
+                if i == 0:
+                    ax.set_title("input", fontsize=8)
+                continue
+            k = j - 1
+            m = maps[k][i]
+            ax.imshow(m / max(float(m.max()), 1e-12), cmap="jet", alpha=0.5, extent=extent,
+                      interpolation="bilinear", vmin=0.0, vmax=1.0)
+            title = f"pred {name(predictions[k][i])}"
+            if k < NUM_EXITS - 1:
+                title += f", cos {scores[k, i]:.2f}"
+            ax.set_title(("Exit %d\n" % (k + 1) if i == 0 else "") + title, fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def consistency_bars(reports, path):
+    """Writes grouped bars of every model's per-exit consistency (exits 1-4 and Avg).
+
+    A black tick on each bar marks that model's chance floor.
+
+    Args:
+        reports: `{label: Report}` (or `Report.to_dict()` dicts), e.g.
+            `{"Baseline": r0, "EGT (λ = 0.3)": r3}`.
+        path: the `.png` to write.
+
+    Returns:
+        `path`.
+
+    Example:
+    >>> egt.plots.consistency_bars({"Baseline": r0, "EGT (λ = 0.3)": r3}, "consistency.png")
+    """
+    path = _check_path(path)
+    if not reports:
+        raise ValueError("consistency_bars needs at least one report.")
+    plt = _pyplot()
+    groups = [f"Exit {k + 1}" for k in range(NUM_EXITS - 1)] + ["Avg"]
+    fig, ax = plt.subplots(figsize=(1.2 + 1.3 * len(groups), 3.6))
+    count = len(reports)
+    width = 0.8 / count
+    centers = np.arange(len(groups))
+    for i, (label, report) in enumerate(reports.items()):
+        values = list(_get(report, "consistency")) + [_get(report, "consistency_avg")]
+        floor = list(_get(report, "chance_consistency")) + [_get(report, "chance_consistency_avg")]
+        offsets = centers - 0.4 + width * (i + 0.5)
+        ax.bar(offsets, values, width * 0.95, label=str(label))
+        ax.hlines(floor, offsets - width * 0.45, offsets + width * 0.45, colors="black",
+                  linewidth=1.5, label="chance floor" if i == 0 else None)
+    ax.set_xticks(centers)
+    ax.set_xticklabels(groups)
+    ax.set_ylabel("cosine with exit 5")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Attention consistency (Table I)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def exit_histogram(report_or_exits, path, title=None):
+    """Writes a bar chart of the share of samples leaving at each exit.
+
+    Args:
+        report_or_exits: a `Report` (or its dict): the cascade's shares, with the
+            oracle's beside them; or an int array of 0-based exits (`Cascade.predict`).
+        path: the `.png` to write.
+        title: optional title.
+
+    Returns:
+        `path`.
+
+    Example:
+    >>> labels, exits = cascade.predict(x_test)
+    >>> egt.plots.exit_histogram(exits, "exits.png")
+    """
+    path = _check_path(path)
+    series = {}
+    if isinstance(report_or_exits, dict) or hasattr(report_or_exits, "exit_shares"):
+        series["cascade"] = list(_get(report_or_exits, "exit_shares"))
+        oracle = _get(report_or_exits, "oracle")
+        if oracle:
+            series["oracle"] = list(oracle["exit_shares"])
+    else:
+        exits = np.asarray(report_or_exits).reshape(-1)
+        if exits.size == 0:
+            raise ValueError("exit_histogram needs at least one exit index.")
+        if not np.issubdtype(exits.dtype, np.integer) or exits.min() < 0 or exits.max() >= NUM_EXITS:
+            raise ValueError(f"exits must be integers in 0..{NUM_EXITS - 1} (0-based exits).")
+        series["cascade"] = list(np.bincount(exits, minlength=NUM_EXITS) / exits.size)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    centers = np.arange(NUM_EXITS)
+    width = 0.8 / len(series)
+    for i, (label, shares) in enumerate(series.items()):
+        ax.bar(centers - 0.4 + width * (i + 0.5), 100 * np.asarray(shares), width * 0.95,
+               label=label)
+    ax.set_xticks(centers)
+    ax.set_xticklabels([f"Exit {k + 1}" for k in range(NUM_EXITS)])
+    ax.set_ylabel("samples leaving here (%)")
+    ax.set_title(title or "Exit shares")
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def speedup_curve(curve, path, title=None):
+    """Writes accuracy against MAC speedup over cascade thresholds.
+
+    Args:
+        curve: a list of points with `threshold`, `accuracy`, `speedup` (from
+            `keras_egt.cascade.threshold_curve`), or a `Report` / `CalibratedThresholds`
+            (their `curve`; the calibrated thresholds' own point is marked).
+        path: the `.png` to write.
+        title: optional title.
+
+    Returns:
+        `path`.
+
+    Example:
+    >>> egt.plots.speedup_curve(report, "speedup.png")
+    """
+    path = _check_path(path)
+    marked = None
+    if isinstance(curve, dict) or hasattr(curve, "curve"):
+        owner = curve
+        curve = _get(owner, "curve")
+        if hasattr(owner, "speedup") and hasattr(owner, "accuracy"):
+            marked = ("calibrated", owner.speedup, owner.accuracy)
+        elif _get(owner, "mac_speedup") is not None:
+            marked = ("report threshold", _get(owner, "mac_speedup"), _get(owner, "accuracy"))
+    if not curve:
+        raise ValueError("speedup_curve needs a non-empty curve of threshold points.")
+    points = sorted(curve, key=lambda p: p["threshold"])
+    speed = np.array([p["speedup"] for p in points])
+    acc = 100 * np.array([p["accuracy"] for p in points])
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.plot(speed, acc, "-", color="tab:blue", label="one shared threshold")
+    ax.plot(speed, acc, ".", color="tab:blue", markersize=3)
+    for p, s, a in zip(points, speed, acc):
+        if any(abs(p["threshold"] - t) < 1e-9 for t in (0.5, 0.9, 0.99)):
+            ax.annotate(f"{p['threshold']:g}", (s, a), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    if marked is not None:
+        ax.plot([marked[1]], [100 * marked[2]], "r*", markersize=10, label=marked[0])
+    ax.set_xlabel("MAC speedup vs exit 5 only (x)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title or "Accuracy vs speedup over thresholds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)

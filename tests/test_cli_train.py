@@ -1,0 +1,107 @@
+"""`keras-egt train`, `evaluate` and `explain`, end to end on tiny data."""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import blob_task
+from keras_egt import cli
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    x, y = blob_task(n=24, size=32)
+    x_test, y_test = blob_task(n=12, size=32, seed=1)
+    data = folder / "tiny.npz"
+    np.savez(data, x_train=x, y_train=y, x_test=x_test, y_test=y_test)
+    model = folder / "model.keras"
+    code = cli.main(["train", "--data", str(data), "--widths", "4,8,8,8,8", "--lambda", "0.3",
+                     "--epochs", "1", "--batch-size", "12", "--no-validation", "--verbose", "0",
+                     "--output", str(model)])
+    assert code == 0
+    return folder, data, model
+
+
+def test_train_writes_a_loadable_model(trained):
+    import keras
+
+    folder, _, model = trained
+    loaded = keras.saving.load_model(model)
+    assert loaded.widths == (4, 8, 8, 8, 8) and loaded.consistency_weight == 0.3
+    assert loaded.num_classes == 3
+    assert not [f for f in os.listdir(folder) if f.startswith(".tmp-")]
+
+
+def test_evaluate_prints_tables_and_writes_json(trained, capsys):
+    folder, data, model = trained
+    report = folder / "report.json"
+    code = cli.main(["evaluate", str(model), "--data", str(data), "--threshold", "0.5",
+                     "--timing-samples", "2", "--json", str(report)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| Model | Exit 1 | Exit 2 | Exit 3 | Exit 4 | Avg | Overall Acc. (%)" in out
+    assert "| With Early Exit |" in out
+    data = json.loads(report.read_text())
+    assert data["num_samples"] == 12 and data["thresholds"][:4] == [0.5] * 4
+    assert data["timing"]["samples"] == 2
+
+
+def test_explain_writes_a_png(trained):
+    folder, data, model = trained
+    out = folder / "attention.png"
+    code = cli.main(["explain", str(model), "--data", str(data), "--num-samples", "3",
+                     "--output", str(out)])
+    assert code == 0
+    assert out.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_module_entry_point_in_a_subprocess(trained):
+    folder, data, model = trained
+    out = folder / "sub.png"
+    env = dict(os.environ, MPLBACKEND="Agg")
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_egt", "explain", str(model), "--data", str(data),
+         "--split", "train", "--num-samples", "2", "--output", str(out)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert out.read_bytes()[:8] == PNG_SIGNATURE
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["evaluate", "{folder}/missing.keras", "--data", "{data}"], "No such model file"),
+        (["evaluate", "{model}", "--data", "{folder}/missing.npz"], "No such data file"),
+        (["explain", "{model}", "--data", "{data}", "--output", "x.jpg"], ".png"),
+        (["evaluate", "{data}", "--data", "{data}"], ".keras"),
+        (["train", "--data", "{data}", "--widths", "4,8", "--output", "{folder}/m.keras"],
+         "--widths"),
+        (["evaluate", "{model}", "--data", "{data}", "--threshold", "0.9", "0.8"], "1, 4 or 5"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(trained, capsys, argv, message):
+    folder, data, model = trained
+    argv = [a.format(folder=folder, data=data, model=model) for a in argv]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and err.startswith("keras-egt ")
+
+
+def test_every_option_has_help():
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name in ("train", "evaluate", "explain"):
+        sub = commands.choices[name]
+        assert sub.description
+        for action in sub._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, f"{name} {action.dest} has no help"

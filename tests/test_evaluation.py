@@ -1,0 +1,99 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import blob_task
+from keras_egt import cascade, costs, evaluation, metrics
+from keras_egt.model import EarlyExitCNN
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = EarlyExitCNN(3, (32, 32, 2), widths=(4, 8, 8, 8, 8), consistency_weight=0.3)
+    x, y = blob_task(n=30, size=32)
+    return model, x, y
+
+
+def test_report_figures_match_independent_computations(setup):
+    model, x, y = setup
+    probabilities = metrics.exit_probabilities(model, x)
+    threshold = float(np.median(probabilities[0].max(-1)))  # some samples leave early
+    report = evaluation.evaluate(model, x, y, threshold=threshold, timing=False)
+    assert report.name == "EGT (λ = 0.3)"
+    predictions = probabilities.argmax(-1)
+    np.testing.assert_allclose(report.exit_accuracy, (predictions == y).mean(1))
+    assert report.final_accuracy == pytest.approx(np.mean(predictions[4] == y))
+    labels, exits = cascade.Cascade(model, threshold).predict(x)
+    assert report.accuracy == pytest.approx(np.mean(labels == y))
+    np.testing.assert_allclose(report.exit_shares, np.bincount(exits, minlength=5) / len(y))
+    exit_macs = np.array(costs.exit_macs(model), float)
+    assert report.average_macs == pytest.approx(exit_macs[exits].mean())
+    assert report.mac_speedup == pytest.approx(costs.final_only_macs(model) / exit_macs[exits].mean())
+    # Oracle: earliest correct exit, else the last.
+    correct = predictions == y
+    first = np.array([next((k for k in range(5) if correct[k, i]), 4) for i in range(len(y))])
+    assert report.oracle["average_macs"] == pytest.approx(exit_macs[first].mean())
+    assert report.oracle["accuracy"] == pytest.approx(correct.any(0).mean())
+    assert report.mac_ratio_to_oracle == pytest.approx(exit_macs[exits].mean() / exit_macs[first].mean())
+    consistency = metrics.attention_consistency(metrics.exit_outputs(model, x))
+    np.testing.assert_allclose(report.consistency, consistency, atol=1e-6)
+    assert report.consistency_avg == pytest.approx(np.mean(consistency))
+    assert len(report.chance_consistency) == 4
+    assert report.timing is None
+
+
+def test_markdown_has_the_paper_layout(setup):
+    model, x, y = setup
+    report = evaluation.evaluate(model, x, y, threshold=0.5, timing=True, timing_samples=4)
+    text = report.to_markdown()
+    assert "| Model | Exit 1 | Exit 2 | Exit 3 | Exit 4 | Avg | Overall Acc. (%) |" in text
+    assert "| Model | Avg Time/Sample (ms) | Accuracy (%) |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| EGT (λ = 0.3) |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:7] == [f"{c:.3f}" for c in report.consistency] + [
+        f"{report.consistency_avg:.3f}", f"{100 * report.accuracy:.2f}"]
+    with_ee = next(line for line in text.splitlines() if line.startswith("| With Early Exit"))
+    assert f"{report.timing['ms_with_early_exit']:.2f}" in with_ee
+    assert report.timing["samples"] == 4
+    assert report.timing["ms_with_early_exit"] > 0 and report.timing["ms_without_early_exit"] > 0
+    assert report.timing["speedup"] == pytest.approx(
+        report.timing["ms_without_early_exit"] / report.timing["ms_with_early_exit"])
+    assert sum(report.timing["timed_exit_shares"]) == pytest.approx(1.0)
+
+
+def test_json_round_trip_is_atomic_and_complete(setup, tmp_path):
+    model, x, y = setup
+    report = evaluation.evaluate(model, x, y, timing=False, name="Mine")
+    path = tmp_path / "sub" / "report.json"
+    assert report.to_json(path) == path
+    assert os.listdir(tmp_path / "sub") == ["report.json"]  # no temporary left behind
+    data = json.loads(path.read_text())
+    assert data == json.loads(json.dumps(report.to_dict()))
+    for key in ("exit_accuracy", "consistency", "chance_consistency", "accuracy", "exit_shares",
+                "average_macs", "mac_speedup", "oracle", "curve", "thresholds"):
+        assert key in data
+    assert evaluation.Report.from_json(path) == report
+
+
+def test_compare_markdown_lists_every_model(setup):
+    model, x, y = setup
+    r0 = evaluation.evaluate(model, x, y, timing=False)
+    r1 = evaluation.evaluate(model, x, y, threshold=0.0, timing=False)
+    text = evaluation.compare_markdown({"Baseline": r0, "EGT (λ = 0.3)": r1})
+    assert "| Baseline |" in text and "| EGT (λ = 0.3) |" in text
+    assert "| Baseline: With Early Exit |" in text
+    assert text.count("| Model | Exit 1 | Exit 2 | Exit 3 | Exit 4 | Avg | Overall Acc. (%)") == 1
+    with pytest.raises(ValueError):
+        evaluation.compare_markdown({})
+
+
+def test_bad_input_is_reported(setup):
+    model, x, y = setup
+    with pytest.raises(ValueError, match="at least 2"):
+        evaluation.evaluate(model, x[:1], y[:1], timing=False)
+    with pytest.raises(ValueError, match="labels"):
+        evaluation.evaluate(model, x, y[:-1], timing=False)
+    with pytest.raises(ValueError, match="criterion"):
+        evaluation.evaluate(model, x, y, criterion="margin", timing=False)
