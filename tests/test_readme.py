@@ -1,0 +1,39 @@
+"""Every Python block of README.md runs, on tiny settings, as a new user would run it."""
+
+import os
+import re
+
+import pytest
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+
+# Tiny settings: the README shows the real ones.
+_SUBSTITUTIONS = [
+    (r"load_data\(\)", "load_data(num_train=120, num_test=60)"),
+    (r'widths="paper"', "widths=(4, 8, 8, 8, 8)"),
+    (r"epochs=50", "epochs=1"),
+]
+
+
+def _python_blocks():
+    with open(README, encoding="utf-8") as f:
+        text = f.read()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def test_readme_has_python_blocks():
+    assert _python_blocks()
+
+
+@pytest.mark.tensorflow_only
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(len(_python_blocks())))
+def test_readme_python_block_runs(index, tmp_path, monkeypatch):
+    code = _python_blocks()[index]
+    for pattern, replacement in _SUBSTITUTIONS:
+        code = re.sub(pattern, replacement, code)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    exec(compile(code, f"README.md block {index + 1}", "exec"), {"__name__": "__readme__"})
+    assert (tmp_path / "attention.png").stat().st_size > 0
+    assert (tmp_path / "deploy" / "manifest.json").exists()
