@@ -20,8 +20,9 @@ with --model-micro / --model-paper, then
     python benchmarks/deploy.py --quick                                  # smoke run
 
 Writes benchmarks/results/deploy.json (with a markdown summary). On the project's
-2-core CPU, paper widths train slowly and TFLM's reference kernels take seconds per
-paper-width sample, hence --tflm-samples for the TFLM runs of that preset.
+2-core CPU, paper widths train slowly (use --model-paper with a model trained
+elsewhere, e.g. by benchmarks/reproduce.py --save-models) and TFLM's reference kernels
+take ~0.4 s per paper-width sample (--tflm-samples limits the TFLM runs).
 """
 
 import argparse
@@ -57,10 +58,17 @@ def _train(preset, x_train, y_train, epochs, seed, lam):
 
 
 def _load(path):
+    """A model from a `.keras` file, or from `NAME.weights.h5` + `NAME.json` (its config,
+    as benchmarks/reproduce.py --save-models writes them)."""
     import keras
 
-    import keras_egt  # noqa: F401
+    import keras_egt as egt
 
+    if path.endswith(".weights.h5"):
+        with open(path[: -len(".weights.h5")] + ".json") as f:
+            model = egt.EarlyExitCNN.from_config(json.load(f))
+        model.load_weights(path)
+        return model
     return keras.saving.load_model(path, compile=False)
 
 
@@ -88,7 +96,7 @@ class _FinalOnly:
         return final
 
 
-def _parity(runner, q, model, p_float, float_labels, float_exits, y, rows):
+def _parity(runner, q, p_float, float_labels, float_exits, y, rows, threshold):
     """Int8 (from run_segments output `q`) vs float, on `rows` of the test set."""
     import numpy as np
 
@@ -105,8 +113,17 @@ def _parity(runner, q, model, p_float, float_labels, float_exits, y, rows):
             "top1_agreement": float(np.mean(p_int8[k].argmax(-1) == pf[k].argmax(-1))),
             "mean_abs_probability_error": float(np.mean(np.abs(p_int8[k] - pf[k]))),
         })
+    # Where the exits differ, how close was the float confidence to the threshold at
+    # the first exit the two cascades decided differently?
+    margins = []
+    for i in np.flatnonzero(exits != float_exits[rows]):
+        k = min(exits[i], float_exits[rows][i])
+        margins.append(abs(float(pf[k, i].max()) - threshold))
     return {
         "samples": int(len(rows)),
+        "exit_disagreements": int(len(margins)),
+        "exit_disagreement_margin_max": float(max(margins)) if margins else 0.0,
+        "exit_disagreement_margin_median": float(np.median(margins)) if margins else 0.0,
         "accuracy": float(np.mean(labels == y[rows])),
         "float_accuracy": float(np.mean(float_labels[rows] == y[rows])),
         "label_agreement": float(np.mean(labels == float_labels[rows])),
@@ -116,8 +133,12 @@ def _parity(runner, q, model, p_float, float_labels, float_exits, y, rows):
     }
 
 
-def _timing(deploy, model, calibration, x, exits_float, samples):
-    """Batch-1 TFLM time: cascade, all five segments, and a final-only int8 model."""
+def _timing(deploy, model, calibration, x, samples):
+    """Batch-1 TFLM time: cascade, all five segments, and a final-only int8 model.
+
+    The three run back to back on each sample (interleaved), so that machine noise
+    hits them alike; medians over samples are reported with the means.
+    """
     import numpy as np
     from tflite_micro.python.tflite_micro import runtime as tflm
 
@@ -125,11 +146,6 @@ def _timing(deploy, model, calibration, x, exits_float, samples):
     from keras_egt.export import convert, runtime as rt
 
     runner = export.load_cascade(deploy, runtime="tflm")
-    xs = x[:samples]
-    labels, exits = runner.predict(xs)
-    cascade = float(np.mean(runner.last_seconds))
-    runner.run_segments(xs)
-    all_segments = float(np.mean(runner.last_seconds))
     final = _FinalOnly.build(model)
     data = convert.convert_segment(final, calibration, name="final-only model")
     info = convert.inspect_tflite(data)
@@ -137,24 +153,36 @@ def _timing(deploy, model, calibration, x, exits_float, samples):
     spec = info["inputs"][0]
     arena = rt.tflm_arena_bytes(data, spec["shape"], spec["zero_point"][0])
     interpreter = tflm.Interpreter.from_bytes(data, arena_size=arena)
+    xs = x[:samples]
     q = rt.quantize(xs, spec["scale"][0], spec["zero_point"][0])
-    seconds = []
+    times = {"cascade": [], "all_segments": [], "final_only": []}
+    exits = []
+    runner.run_segments(xs[:1])  # first invocations initialise kernels: not timed
+    interpreter.set_input(q[:1], 0)
+    interpreter.invoke()
     for i in range(len(xs)):
+        _, e = runner.predict(xs[i : i + 1])
+        times["cascade"].append(runner.last_seconds[0])
+        exits.append(int(e[0]))
+        runner.run_segments(xs[i : i + 1])
+        times["all_segments"].append(runner.last_seconds[0])
         start = time.perf_counter()
         interpreter.set_input(q[i : i + 1], 0)
         interpreter.invoke()
         interpreter.get_output(0)
-        seconds.append(time.perf_counter() - start)
-    final_only = float(np.mean(seconds))
+        times["final_only"].append(time.perf_counter() - start)
+    mean = {k: 1000 * float(np.mean(v)) for k, v in times.items()}
+    median = {k: 1000 * float(np.median(v)) for k, v in times.items()}
     exit_macs = costs.exit_macs(model)
     cascade_macs = float(np.mean(np.asarray(exit_macs, np.float64)[exits]))
     return {
         "samples": int(len(xs)),
-        "cascade_ms": 1000 * cascade,
-        "all_segments_ms": 1000 * all_segments,
-        "final_only_ms": 1000 * final_only,
-        "speedup_time_vs_final_only": final_only / cascade,
-        "speedup_time_vs_all_segments": all_segments / cascade,
+        "cascade_ms": mean["cascade"],
+        "all_segments_ms": mean["all_segments"],
+        "final_only_ms": mean["final_only"],
+        "median_ms": median,
+        "speedup_time_vs_final_only": mean["final_only"] / mean["cascade"],
+        "speedup_time_vs_all_segments": mean["all_segments"] / mean["cascade"],
         "cascade_macs": cascade_macs,
         "final_only_macs": int(costs.final_only_macs(model)),
         "all_segments_macs": int(exit_macs[-1]),
@@ -164,8 +192,8 @@ def _timing(deploy, model, calibration, x, exits_float, samples):
     }
 
 
-def _evaluate_export(deploy, model, p_float, float_labels, float_exits, x_test, y_test,
-                     tflm_rows):
+def _evaluate_export(deploy, p_float, float_labels, float_exits, x_test, y_test, tflm_rows,
+                     threshold, reference=None):
     import numpy as np
 
     from keras_egt import export
@@ -175,7 +203,13 @@ def _evaluate_export(deploy, model, p_float, float_labels, float_exits, x_test, 
         runner = export.load_cascade(deploy, runtime=runtime)
         start = time.time()
         q = runner.run_segments(x_test[rows])
-        out[runtime] = _parity(runner, q, model, p_float, float_labels, float_exits, y_test, rows)
+        out[runtime] = _parity(runner, q, p_float, float_labels, float_exits, y_test, rows,
+                               threshold)
+        if reference is not None:  # also against another float model (QAT: the fine-tuned one)
+            ref = _parity(runner, q, *reference, y_test, rows, threshold)
+            out[runtime]["vs_finetuned_float"] = {
+                k: ref[k] for k in ("float_accuracy", "label_agreement", "exit_agreement",
+                                    "exit_disagreements")}
         out[runtime]["seconds"] = time.time() - start
         print(f"    {runtime}: int8 accuracy {100 * out[runtime]['accuracy']:.2f}% "
               f"(float {100 * out[runtime]['float_accuracy']:.2f}%), agreement labels "
@@ -229,8 +263,7 @@ def run_preset(preset, args, data, work):
         "exit_accuracies": [float(v) for v in (p_float.argmax(-1) == y_test).mean(axis=1)],
         "exit_shares": [float(v) for v in np.bincount(float_exits, minlength=5) / len(y_test)],
     }
-    tflm_samples = args.tflm_samples if args.tflm_samples else (
-        len(x_test) if preset != "paper" else 100)
+    tflm_samples = args.tflm_samples if args.tflm_samples else len(x_test)
     tflm_rows = np.arange(min(tflm_samples, len(x_test)))
 
     deploy = os.path.join(work, f"{preset}_ptq")
@@ -238,11 +271,10 @@ def run_preset(preset, args, data, work):
     manifest = export.export_cascade(model, deploy, calibration, threshold=args.threshold)
     result["ptq"] = {"export_seconds": time.time() - start, **_sizes(manifest)}
     print(export.format_report(manifest, title=f"{preset} PTQ"), flush=True)
-    result["ptq"].update(_evaluate_export(deploy, model, p_float, float_labels, float_exits,
-                                          x_test, y_test, tflm_rows))
+    result["ptq"].update(_evaluate_export(deploy, p_float, float_labels, float_exits,
+                                          x_test, y_test, tflm_rows, args.threshold))
     timing_samples = min(args.timing_samples, len(x_test))
-    result["timing_tflm"] = _timing(deploy, model, calibration, x_test, float_exits,
-                                    timing_samples)
+    result["timing_tflm"] = _timing(deploy, model, calibration, x_test, timing_samples)
     print(f"    TFLM time/sample: cascade {result['timing_tflm']['cascade_ms']:.2f} ms, "
           f"final-only {result['timing_tflm']['final_only_ms']:.2f} ms", flush=True)
 
@@ -260,9 +292,11 @@ def run_preset(preset, args, data, work):
         # deployed int8 cascade is from the model that was trained.
         result["qat"] = {"epochs": args.qat_epochs, "learning_rate": args.qat_learning_rate,
                          "finetune_seconds": qat_seconds, **_sizes(manifest_qat)}
-        result["qat"].update(_evaluate_export(deploy_qat, model, p_float, float_labels,
-                                              float_exits, x_test, y_test, tflm_rows))
-        tuned_labels, _ = egt.Cascade(tuned, threshold=args.threshold).predict(x_test)
+        tuned_p = egt.metrics.exit_probabilities(tuned, x_test)
+        tuned_labels, tuned_exits = egt.Cascade(tuned, threshold=args.threshold).predict(x_test)
+        result["qat"].update(_evaluate_export(
+            deploy_qat, p_float, float_labels, float_exits, x_test, y_test, tflm_rows,
+            args.threshold, reference=(tuned_p, tuned_labels, tuned_exits)))
         result["qat"]["finetuned_float_cascade_accuracy"] = float(np.mean(tuned_labels == y_test))
     return result
 
@@ -291,8 +325,8 @@ def _markdown(results):
             f"{'fits' if ptq['fits_mcu_budget'] else 'does NOT fit'} the MCU budget "
             "(≤ 256 KiB flash, ≤ 64 KiB arena).",
             "",
-            "| cascade (threshold {:g}) | samples | accuracy | float accuracy | label agreement | exit agreement | exit shares |".format(results["settings"]["threshold"]),
-            "|---|---:|---:|---:|---:|---:|---|",
+            "| cascade (threshold {:g}) | samples | accuracy | float accuracy | label agreement | exit agreement | differing exits: max, median float margin to threshold | exit shares (%) |".format(results["settings"]["threshold"]),
+            "|---|---:|---:|---:|---:|---:|---|---|",
         ]
         for name in ("ptq", "qat"):
             if name not in r:
@@ -302,14 +336,17 @@ def _markdown(results):
                 lines.append(
                     f"| {name.upper()} int8, {runtime} | {p['samples']} | {100 * p['accuracy']:.2f}% | "
                     f"{100 * p['float_accuracy']:.2f}% | {100 * p['label_agreement']:.2f}% | "
-                    f"{100 * p['exit_agreement']:.2f}% | "
+                    f"{100 * p['exit_agreement']:.2f}% | {p['exit_disagreements']}: "
+                    f"{p['exit_disagreement_margin_max']:.3f}, {p['exit_disagreement_margin_median']:.3f} | "
                     + " / ".join(f"{100 * s:.1f}" for s in p["exit_shares"]) + " |")
         t = r["timing_tflm"]
         lines += [
             "",
-            f"TFLM interpreter (host, batch 1, {t['samples']} samples): cascade "
-            f"{t['cascade_ms']:.2f} ms/sample, all five segments {t['all_segments_ms']:.2f} ms, "
-            f"int8 model without early exit {t['final_only_ms']:.2f} ms: speedup "
+            f"TFLM interpreter (host, batch 1, {t['samples']} samples, mean (median)): cascade "
+            f"{t['cascade_ms']:.2f} ({t['median_ms']['cascade']:.2f}) ms/sample, all five segments "
+            f"{t['all_segments_ms']:.2f} ({t['median_ms']['all_segments']:.2f}) ms, "
+            f"int8 model without early exit {t['final_only_ms']:.2f} "
+            f"({t['median_ms']['final_only']:.2f}) ms: speedup "
             f"{t['speedup_time_vs_final_only']:.2f}x in time, "
             f"{t['speedup_macs_vs_final_only']:.2f}x in MACs "
             f"({t['cascade_macs']:,.0f} vs {t['final_only_macs']:,}).",
@@ -324,6 +361,12 @@ def _markdown(results):
                 f"the fine-tuned float model itself: "
                 f"{100 * r['qat']['finetuned_float_cascade_accuracy']:.2f}%. "
                 + ("QAT reduces the loss." if lq < lp else "QAT does not reduce the loss here."),
+                "",
+                "QAT int8 vs the fine-tuned float model's own cascade (LiteRT): labels "
+                f"{100 * r['qat']['litert']['vs_finetuned_float']['label_agreement']:.2f}%, exits "
+                f"{100 * r['qat']['litert']['vs_finetuned_float']['exit_agreement']:.2f}% "
+                f"(PTQ int8 vs its float model: {100 * r['ptq']['litert']['label_agreement']:.2f}%, "
+                f"{100 * r['ptq']['litert']['exit_agreement']:.2f}%).",
             ]
         lines.append("")
     return "\n".join(lines)
@@ -335,13 +378,16 @@ def main(argv=None):
                         choices=["micro", "paper"])
     parser.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
     parser.add_argument("--lam", type=float, default=0.3, help="λ of the trained models")
-    parser.add_argument("--model-micro", default=None, help="use this trained micro .keras model")
-    parser.add_argument("--model-paper", default=None, help="use this trained paper .keras model")
+    parser.add_argument("--model-micro", default=None,
+                        help="use this trained micro model (.keras, or .weights.h5 with a .json config beside it)")
+    parser.add_argument("--model-paper", default=None,
+                        help="use this trained paper model (.keras, or .weights.h5 with a .json config beside it)")
     parser.add_argument("--save-models", default=None, help="save trained models into this folder")
     parser.add_argument("--threshold", type=float, default=0.9)
     parser.add_argument("--num-calibration", type=int, default=256)
     parser.add_argument("--tflm-samples", type=int, default=0,
-                        help="test samples run on TFLM (default: all for micro, 100 for paper)")
+                        help="test samples run on TFLM (default: all; paper widths take ~0.4 s "
+                        "per sample on TFLM's reference kernels)")
     parser.add_argument("--timing-samples", type=int, default=200)
     parser.add_argument("--qat-epochs", type=int, default=3, help="0 skips QAT")
     parser.add_argument("--qat-learning-rate", type=float, default=1e-4)

@@ -152,6 +152,25 @@ def test_export_rejects_bad_input(trained, tmp_path):
     assert not (tmp_path / "d").exists()
 
 
+def test_segments_chain_to_the_models_exits(trained):
+    model, _, (x, _) = trained
+    x = x[:8]
+    expected = egt.metrics.exit_probabilities(model, x)
+    inputs = export.segment_inputs(model, x, batch_size=3)
+    h = x
+    for k, segment in enumerate(export.build_segments(model)):
+        np.testing.assert_allclose(np.asarray(h), inputs[k], rtol=1e-5, atol=1e-5)
+        out = segment(h)
+        probabilities, h = (out[0], out[1]) if k < 4 else (out, None)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(probabilities), expected[k],
+                                   rtol=1e-5, atol=1e-6)
+        if h is not None:
+            h = keras.ops.convert_to_numpy(h)
+    config = export.build_segments(model)[2].get_config()
+    clone = export.Segment.from_config(config)
+    assert clone.with_features and clone.block.filters == model.widths[2]
+
+
 def test_import_keras_egt_does_not_import_tensorflow():
     code = ("import sys, keras_egt as egt; egt.export.load_cascade; "
             "print(sorted(m for m in ('tensorflow', 'tflite_micro', 'ai_edge_litert', "
@@ -384,24 +403,30 @@ def test_failed_export_leaves_nothing(deployed, tmp_path, monkeypatch):
 
 
 @pytest.mark.tensorflow_only
-def test_quantization_aware_export_runs(deployed, tmp_path):
+def test_handoff_mismatch_fails_clearly(deployed, tmp_path, monkeypatch):
+    # Calibrating segment 2 on twice segment 1's feature range must give it another
+    # input scale; the export has to refuse rather than ship that.
+    real = convert.calibration_ranges
+    monkeypatch.setattr(convert, "calibration_ranges",
+                        lambda scale, zero_point: [(lo, 2 * hi) for lo, hi in real(scale, zero_point)][:1])
+    with pytest.raises(ValueError, match="handoff mismatch: segment 1 .* segment 2's input"):
+        export.export_cascade(deployed["model"], tmp_path / "d", deployed["x_train"][:8])
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.tensorflow_only
+def test_qat_mirror_is_the_same_network(deployed):
     from keras_egt.export import qat
 
-    model, x, y = deployed["model"], deployed["x_train"], deployed["y_train"]
-    before = egt.metrics.exit_probabilities(model, deployed["x_test"][:4])
-    mirror, _ = qat.build_mirror(model)
-    qat.check_mirror(model, mirror, x[:16])  # the tf_keras mirror is the same network
-    out = tmp_path / "qat"
-    manifest = export.quantization_aware_export(
-        model, out, x[:64], y[:64], representative_data=x[:16], threshold=THRESHOLD,
-        epochs=1, batch_size=32)
-    assert manifest["quantization"] == "qat" and manifest["qat_epochs"] == 1
-    runner = export.load_cascade(out, runtime="tflm")
-    labels, _ = runner.predict(deployed["x_test"])
-    assert np.mean(labels == deployed["y_test"]) > 1 / 3 + 0.2  # well above chance
-    # The original model is untouched by the fine-tuning.
-    np.testing.assert_array_equal(
-        egt.metrics.exit_probabilities(model, deployed["x_test"][:4]), before)
+    model, x = deployed["model"], deployed["x_test"][:16]
+    mirror, pairs = qat.build_mirror(model)
+    expected = egt.metrics.exit_probabilities(model, x)
+    np.testing.assert_allclose(np.stack([np.asarray(p) for p in mirror(x)]), expected, atol=1e-5)
+    assert len(pairs) == 5 * 5  # conv, batch norm, reduce, score, classifier per exit
+    kernel, bias = mirror.get_layer("h1_classifier").get_weights()
+    mirror.get_layer("h1_classifier").set_weights([3.0 * kernel, bias])
+    with pytest.raises(ValueError, match="mirror"):
+        qat.check_mirror(model, mirror, x)
 
 
 @pytest.mark.tensorflow_only
@@ -427,6 +452,28 @@ def test_cli_run_tflite_and_export_errors(deployed, tmp_path, capsys):
     code = main(["export", str(model_path), str(tmp_path / "d"), "--data", str(npz),
                  "--threshold", "0.9", "0.9"])
     assert code == 2 and "--threshold" in capsys.readouterr().err
+
+
+@pytest.mark.tensorflow_only
+def test_cli_export_with_quantization_aware_training(deployed, tmp_path, capsys):
+    from keras_egt.cli import main
+
+    npz = tmp_path / "data.npz"
+    np.savez(npz, x_train=deployed["x_train"][:64], y_train=deployed["y_train"][:64],
+             x_test=deployed["x_test"], y_test=deployed["y_test"])
+    model_path = tmp_path / "tiny.keras"
+    deployed["model"].save(model_path)
+    out = tmp_path / "qat"
+    code = main(["export", str(model_path), str(out), "--data", str(npz), "--qat",
+                 "--qat-epochs", "1", "--num-calibration", "16", "--threshold", str(THRESHOLD)])
+    assert code == 0, capsys.readouterr().err
+    manifest = export.read_manifest(out)
+    assert manifest["quantization"] == "qat" and manifest["qat_epochs"] == 1
+    assert manifest["num_calibration_samples"] == 16
+    assert "TFLM arena bytes" in capsys.readouterr().out
+    runner = export.load_cascade(out, runtime="tflm")
+    labels, _ = runner.predict(deployed["x_test"])
+    assert np.mean(labels == deployed["y_test"]) > 1 / 3 + 0.2  # well above chance
 
 
 @pytest.mark.tensorflow_only

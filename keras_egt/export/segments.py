@@ -35,11 +35,14 @@ def segment_shapes(model):
     return shapes
 
 
+@keras.saving.register_keras_serializable(package="keras_egt")
 class Segment(keras.Model):
     """Block k then exit head k of a trained model; outputs `(probabilities, features)`.
 
     The last segment outputs the probabilities only. Not meant for training: the
     block always runs in inference mode (batch norm uses its moving statistics).
+    A subclassed model rather than a functional one: `ExitHead` cannot be called
+    on symbolic Keras tensors (its `compute_output_shape` takes `return_attention`).
 
     Args:
         block: the model's `ConvBlock` k.
@@ -59,6 +62,22 @@ class Segment(keras.Model):
         if self.with_features:
             return probabilities, features
         return probabilities
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            block=keras.saving.serialize_keras_object(self.block),
+            head=keras.saving.serialize_keras_object(self.head),
+            with_features=self.with_features,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["block"] = keras.saving.deserialize_keras_object(config["block"])
+        config["head"] = keras.saving.deserialize_keras_object(config["head"])
+        return cls(**config)
 
 
 def build_segments(model):
