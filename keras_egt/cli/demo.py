@@ -4,6 +4,8 @@ import json
 import os
 import time
 
+from keras_egt.cli.train import parse_widths
+
 # Finishes in well under 15 minutes on a 2-core CPU (see the report's header).
 QUICK = {"widths": "micro", "epochs": 20, "step_every": 8}
 # The paper's settings.
@@ -36,16 +38,6 @@ def register(subparsers):
     parser.set_defaults(func=run)
 
 
-def _widths(text):
-    if text in ("paper", "micro"):
-        return text
-    try:
-        widths = tuple(int(w) for w in text.split(","))
-    except ValueError:
-        raise ValueError(f'--widths must be "paper", "micro" or 5 comma-separated ints, got {text!r}.')
-    return widths
-
-
 def run(args):
     import keras
     import numpy as np
@@ -59,7 +51,7 @@ def run(args):
             raise ValueError(f"--epochs must be >= 1, got {args.epochs}.")
         settings["epochs"] = args.epochs
     if args.widths:
-        settings["widths"] = _widths(args.widths)
+        settings["widths"] = parse_widths(args.widths)
     if args.consistency_weight <= 0:
         raise ValueError("--lambda must be > 0 for the EGT model (the baseline is λ = 0).")
     out = os.path.abspath(args.output)
