@@ -1,0 +1,32 @@
+import json
+import os
+
+import pytest
+
+from keras_egt.cli import main
+
+
+def test_demo_rejects_bad_options(capsys):
+    assert main(["demo", "--widths", "1,2"]) == 2
+    assert "--widths" in capsys.readouterr().err
+    assert main(["demo", "--lambda", "0"]) == 2
+
+
+@pytest.mark.tensorflow_only
+@pytest.mark.slow
+def test_demo_end_to_end_on_tiny_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    out = tmp_path / "demo"
+    code = main([
+        "demo", "--output", str(out), "--epochs", "1", "--num-train", "90", "--num-test", "45",
+        "--widths", "4,8,8,8,8",
+    ])
+    assert code == 0
+    report = (out / "report.md").read_text()
+    assert "Table I" in report and "Table II" in report and "int8 TFLM cascade" in report
+    for name in ["attention_egt", "attention_baseline", "consistency", "exits", "speedup"]:
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"({name}.png)" in report
+    manifest = json.loads((out / "deploy" / "manifest.json").read_text())
+    assert len(manifest["segments"]) == 5
+    assert os.path.exists(out / "egt.keras") and os.path.exists(out / "baseline.keras")
