@@ -46,6 +46,7 @@ __all__ = [
     "confidence",
     "decide",
     "oracle_exits",
+    "resolve_criterion",
     "should_exit",
     "threshold_curve",
 ]
@@ -123,6 +124,26 @@ def should_exit(probabilities, threshold, criterion="max_probability"):
     """
     threshold = _check_threshold(threshold)
     return np.asarray(confidence(probabilities, criterion) >= threshold)
+
+
+def resolve_criterion(threshold, criterion=None):
+    """The exit criterion to use with `threshold`.
+
+    Thresholds from `calibrate_thresholds` remember their criterion: it is used when
+    `criterion` is None, and a different explicit one is an error (the thresholds of
+    one criterion mean nothing for the other). Otherwise None means
+    `"max_probability"`.
+    """
+    calibrated = getattr(threshold, "criterion", None)
+    if criterion is None:
+        return calibrated or "max_probability"
+    _check_criterion(criterion)
+    if calibrated is not None and calibrated != criterion:
+        raise ValueError(
+            f"These thresholds were calibrated for criterion {calibrated!r}, not "
+            f"{criterion!r}; calibrate again with criterion={criterion!r}."
+        )
+    return criterion
 
 
 def _resolve_thresholds(threshold):
@@ -220,7 +241,8 @@ class Cascade:
         threshold: one number for every exit (the paper: 0.9), or one per exit (5,
             the last ignored; or 4), e.g. the result of `calibrate_thresholds`.
         criterion: `"max_probability"` (the paper's) or `"entropy"`; see
-            `should_exit`.
+            `should_exit`. None: the criterion `threshold` was calibrated for, if it
+            comes from `calibrate_thresholds`, else `"max_probability"`.
 
     Example:
     >>> cascade = Cascade(model, threshold=0.9)
@@ -228,10 +250,10 @@ class Cascade:
     >>> cascade.average_macs(exits), cascade.speedup(exits)
     """
 
-    def __init__(self, model, threshold=0.9, criterion="max_probability"):
+    def __init__(self, model, threshold=0.9, criterion=None):
         self.model = model
         self.thresholds = _resolve_thresholds(threshold)
-        self.criterion = _check_criterion(criterion)
+        self.criterion = resolve_criterion(threshold, criterion)
 
     def predict(self, x, batch_size=DEFAULT_BATCH_SIZE):
         """Classifies `x`, running every sample only as deep as it needs.

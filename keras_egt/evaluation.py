@@ -362,7 +362,7 @@ def _timed_paths(model, thresholds, criterion, compiled):
     return with_early_exit, without_early_exit, every_stage
 
 
-def time_per_sample(model, x, threshold=0.9, criterion="max_probability",
+def time_per_sample(model, x, threshold=0.9, criterion=None,
                     samples=DEFAULT_TIMING_SAMPLES, warmup=WARMUP_SAMPLES, compiled=True):
     """Batch-1 wall-clock ms per sample with and without early exit.
 
@@ -376,7 +376,7 @@ def time_per_sample(model, x, threshold=0.9, criterion="max_probability",
         model: an `EarlyExitCNN`.
         x: inputs; the first `samples` are timed (after `warmup` untimed ones).
         threshold: the cascade's threshold(s).
-        criterion: the exit criterion.
+        criterion: the exit criterion (None: as for `Cascade`).
         samples: how many samples to time.
         warmup: untimed samples run first through both paths (at least 1: it also
             traces the compiled functions).
@@ -390,7 +390,8 @@ def time_per_sample(model, x, threshold=0.9, criterion="max_probability",
     Example:
     >>> time_per_sample(model, x_test, 0.9, samples=100)["speedup"]
     """
-    thresholds = egt_cascade.Cascade(model, threshold, criterion).thresholds
+    rule = egt_cascade.Cascade(model, threshold, criterion)
+    thresholds, criterion = rule.thresholds, rule.criterion
     x = np.asarray(x)
     count = min(int(samples), len(x))
     if count < 1:
@@ -436,7 +437,7 @@ def default_name(model):
     return "Baseline" if weight == 0 else f"EGT (λ = {weight:g})"
 
 
-def evaluate(model, x, y, threshold=0.9, criterion="max_probability", timing=True,
+def evaluate(model, x, y, threshold=0.9, criterion=None, timing=True,
              timing_samples=DEFAULT_TIMING_SAMPLES, batch_size=metrics.DEFAULT_BATCH_SIZE,
              seed=0, name=None):
     """Evaluates an early-exit model the way the paper does (Tables I and II) and more.
@@ -447,7 +448,8 @@ def evaluate(model, x, y, threshold=0.9, criterion="max_probability", timing=Tru
         y: integer labels `(n,)`.
         threshold: the cascade's threshold, one number or one per exit (e.g. from
             `calibrate_thresholds`).
-        criterion: `"max_probability"` (the paper's) or `"entropy"`.
+        criterion: `"max_probability"` (the paper's) or `"entropy"`; None: the one
+            `threshold` was calibrated for, else `"max_probability"`.
         timing: measure batch-1 wall-clock time (Table II).
         timing_samples: samples timed at most.
         batch_size: batch size of the (untimed) evaluation pass.
@@ -463,6 +465,7 @@ def evaluate(model, x, y, threshold=0.9, criterion="max_probability", timing=Tru
     >>> report.to_json("report.json")
     """
     cascade = egt_cascade.Cascade(model, threshold, criterion)
+    criterion = cascade.criterion
     x = np.asarray(x)
     y = np.asarray(y).reshape(-1)
     check_labels(y, model.num_classes, "y", len(x))

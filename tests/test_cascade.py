@@ -245,3 +245,13 @@ def test_calibration_on_hand_made_probabilities(setup):
     assert thresholds.accuracy == 1.0
     assert thresholds.exit_shares == [0.75, 0.0, 0.0, 0.0, 0.25]
     assert cascade.Cascade(model, thresholds).decide(p)[1].tolist() == [0, 0, 0, 4]
+
+
+def test_calibrated_thresholds_remember_their_criterion(setup):
+    model, x, y, probabilities, _ = setup
+    thresholds = cascade.calibrate_thresholds(model, x, y, 0.05, criterion="entropy",
+                                              probabilities=probabilities)
+    assert cascade.Cascade(model, thresholds).criterion == "entropy"
+    assert cascade.Cascade(model, list(thresholds)).criterion == "max_probability"
+    with pytest.raises(ValueError, match="calibrated for criterion 'entropy'"):
+        cascade.Cascade(model, thresholds, criterion="max_probability")
