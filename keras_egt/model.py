@@ -158,6 +158,10 @@ class EarlyExitCNN(keras.Model):
         self.build((None,) + self.image_shape)
 
     def build(self, input_shape):
+        if self.built:
+            # Built in __init__ already; a later call (e.g. `build_from_config` when
+            # KerasTuner's Hyperband reloads a trial) must not rebuild the layers.
+            return
         shape = tuple(input_shape)
         for block, head in zip(self.blocks, self.heads):
             block.build(shape)

@@ -214,6 +214,15 @@ def test_save_load_round_trip(tmp_path):
     assert clone.widths == TINY and clone.exit_weights == (1, 1, 1, 1, 2)
 
 
+def test_build_again_from_its_build_config_keeps_the_weights():
+    model = egt.EarlyExitCNN(3, (32, 32, 2), widths=(4, 8, 8, 8, 8))
+    before = [keras.ops.convert_to_numpy(w) for w in model.weights]
+    model.build_from_config(model.get_build_config())
+    assert len(model.weights) == len(before)
+    for w, b in zip(model.weights, before):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(w), b)
+
+
 def test_width_presets():
     assert egt.EarlyExitCNN(9, (64, 64, 2)).widths == (64, 128, 256, 512, 512)
     model = egt.EarlyExitCNN(9, (64, 64, 2), widths="micro")
