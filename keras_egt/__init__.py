@@ -10,6 +10,7 @@ from keras_egt import layers
 from keras_egt import losses
 from keras_egt import metrics
 from keras_egt import plots
+from keras_egt import tuning
 from keras_egt.cascade import Cascade, calibrate_thresholds
 from keras_egt.evaluation import evaluate
 from keras_egt.layers import ConvBlock, ExitHead, SpatialAttention, spatial_softmax

@@ -6,6 +6,8 @@
   each model's chance floor.
 * `exit_histogram`: where samples leave the cascade (and where the oracle would).
 * `speedup_curve`: accuracy against MAC speedup over cascade thresholds.
+* `pareto_plot`: the trials of a λ search, accuracy against consistency and against
+  MAC speedup, with the Pareto front.
 
 Every function writes the file atomically and returns its path.
 """
@@ -18,7 +20,7 @@ from keras import ops
 from keras_egt import metrics
 from keras_egt.model import NUM_EXITS, check_inputs
 
-__all__ = ["attention_grid", "consistency_bars", "exit_histogram", "speedup_curve"]
+__all__ = ["attention_grid", "consistency_bars", "exit_histogram", "pareto_plot", "speedup_curve"]
 
 
 def _pyplot():
@@ -258,5 +260,51 @@ def speedup_curve(curve, path, title=None):
     ax.set_title(title or "Accuracy vs speedup over thresholds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def pareto_plot(table, path, title=None):
+    """Writes the trials of a λ search: cascade accuracy vs consistency and vs speedup.
+
+    Every trial is a point labelled with its λ; the Pareto front (no other trial has
+    both higher accuracy and higher consistency, resp. speedup) is joined by a line.
+
+    Args:
+        table: rows from `keras_egt.tuning.results_table` (or dicts with
+            `consistency_weight`, `consistency`, `cascade_accuracy`, `cascade_speedup`).
+        path: the `.png` to write.
+        title: optional title.
+
+    Returns:
+        `path`.
+
+    Example:
+    >>> egt.plots.pareto_plot(egt.tuning.results_table(tuner), "pareto.png")
+    """
+    from keras_egt.tuning import pareto_front
+
+    path = _check_path(path)
+    rows = [r for r in table if r.get("cascade_accuracy") is not None]
+    if not rows:
+        raise ValueError("pareto_plot needs at least one completed trial.")
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    for ax, key, label in ((axes[0], "consistency", "validation consistency (Avg)"),
+                           (axes[1], "cascade_speedup", "validation MAC speedup (x)")):
+        usable = [r for r in rows if r.get(key) is not None]
+        ax.scatter([r[key] for r in usable], [100 * r["cascade_accuracy"] for r in usable],
+                   color="tab:blue", zorder=2)
+        for r in usable:
+            ax.annotate(f"λ={r['consistency_weight']:g}", (r[key], 100 * r["cascade_accuracy"]),
+                        fontsize=7, xytext=(3, 3), textcoords="offset points")
+        front = sorted(pareto_front(usable, ("cascade_accuracy", key)), key=lambda r: r[key])
+        ax.plot([r[key] for r in front], [100 * r["cascade_accuracy"] for r in front], "-",
+                color="tab:red", label="Pareto front", zorder=1)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("validation cascade accuracy (%)")
+    fig.suptitle(title or "λ search: accuracy vs consistency and speedup", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

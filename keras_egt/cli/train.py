@@ -44,6 +44,15 @@ def load_dataset(args):
     return loaders.load_npz(args.data)
 
 
+def num_classes(args, *labels):
+    """The class count: the built-in set's, else one more than the largest label."""
+    if args.data == "radar":
+        from keras_egt.datasets import radar_gestures
+
+        return radar_gestures.NUM_CLASSES
+    return int(max(y.max() for y in labels if len(y))) + 1
+
+
 def parse_widths(text):
     """`"paper"`, `"micro"` or five comma-separated ints -> the `widths` argument."""
     if text in ("paper", "micro"):
@@ -152,12 +161,9 @@ def train_command(args):
     import keras_egt as egt
 
     (x_train, y_train), (x_test, y_test) = data
-    if args.data == "radar":
-        num_classes = egt.datasets.radar_gestures.NUM_CLASSES
-    else:
-        num_classes = int(max(y_train.max(), y_test.max() if len(y_test) else 0)) + 1
+    classes = num_classes(args, y_train, y_test)
     keras.utils.set_random_seed(args.seed)
-    model = egt.EarlyExitCNN(num_classes, x_train.shape[1:], widths=widths,
+    model = egt.EarlyExitCNN(classes, x_train.shape[1:], widths=widths,
                              consistency_weight=args.consistency_weight)
     model.compile(keras.optimizers.Adam(args.learning_rate), metrics=["accuracy"])
     validation = None if args.no_validation or len(x_test) == 0 else (x_test, y_test)
@@ -166,7 +172,7 @@ def train_command(args):
               callbacks=[egt.callbacks.StepDecay(args.decay_every, args.decay_factor)])
     save_model(model, args.output)
     print(f"Saved {args.output} (widths {model.widths}, λ = {model.consistency_weight:g}, "
-          f"{num_classes} classes, trained on {len(x_train)} samples).")
+          f"{classes} classes, trained on {len(x_train)} samples).")
     return 0
 
 
