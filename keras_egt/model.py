@@ -171,16 +171,13 @@ class EarlyExitCNN(keras.Model):
 
     def _check_rank(self, inputs):
         shape = tuple(inputs.shape)
-        if len(shape) != 4 or shape[-1] != self.image_shape[-1]:
+        if len(shape) != 4 or any(
+            d is not None and d != e for d, e in zip(shape[1:], self.image_shape)
+        ):
             raise ValueError(
-                f"EarlyExitCNN expects inputs of shape (batch, height, width, "
-                f"{self.image_shape[-1]}), got {shape}. Add a batch axis or match the "
-                "channel count given as input_shape."
-            )
-        if any(d is not None and d < MIN_SPATIAL_SIZE for d in shape[1:3]):
-            raise ValueError(
-                f"Inputs of spatial size {shape[1:3]} are too small; height and width "
-                f"must be >= {MIN_SPATIAL_SIZE}."
+                f"EarlyExitCNN expects inputs of shape (batch,) + {self.image_shape} (its "
+                f"input_shape), got {shape}. Add a batch axis, or resize the inputs to "
+                "the size the model was built for."
             )
 
     def _forward(self, inputs, training=None):
@@ -366,11 +363,12 @@ def check_inputs(x, image_shape, where="x"):
             f"{where} must have rank 4 (batch, height, width, channels); got shape "
             f"{x.shape}. Add a batch axis with x[None] or a channel axis with x[..., None]."
         )
-    if x.shape[-1] != image_shape[-1] or min(x.shape[1:3]) < MIN_SPATIAL_SIZE:
+    if tuple(x.shape[1:]) != tuple(image_shape):
+        # The exit heads' dense layers are sized for the input_shape's 4x4 grids.
         raise ValueError(
-            f"{where} has samples of shape {x.shape[1:]}, the model expects "
-            f"{image_shape} (any height/width >= {MIN_SPATIAL_SIZE} with "
-            f"{image_shape[-1]} channels)."
+            f"{where} has samples of shape {x.shape[1:]}, the model was built for "
+            f"{tuple(image_shape)}: resize or pad the inputs, or build the model with "
+            f"input_shape={x.shape[1:]}."
         )
     if np.issubdtype(x.dtype, np.number) and not np.all(np.isfinite(x)):
         bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))

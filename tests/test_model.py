@@ -290,8 +290,10 @@ class TestBadInput:
         "x_fn, y_fn, message",
         [
             (lambda x: x[0], lambda y: y, "rank 4"),
-            (lambda x: x[..., :1], lambda y: y, "expects"),
-            (lambda x: x[:, :16, :16], lambda y: y, "expects"),
+            (lambda x: x[..., :1], lambda y: y, "built for"),
+            (lambda x: x[:, :16, :16], lambda y: y, "built for"),
+            # Large enough, but not the size the heads were built for.
+            (lambda x: np.pad(x, ((0, 0), (8, 8), (8, 8), (0, 0))), lambda y: y, "built for"),
             (lambda x: np.where(np.arange(x.size).reshape(x.shape) == 5, np.nan, x), lambda y: y, "non-finite"),
             (lambda x: x, lambda y: y + 1, r"0\.\.2"),
             (lambda x: x, lambda y: -y, r"0\.\.2"),
@@ -317,3 +319,5 @@ class TestBadInput:
     def test_call_with_wrong_rank(self):
         with pytest.raises(ValueError, match="batch axis"):
             _tiny()(np.zeros((32, 32, 2), "float32"))
+        with pytest.raises(ValueError, match=r"input_shape\), got \(1, 48, 48, 2\)"):
+            _tiny()(np.zeros((1, 48, 48, 2), "float32"))
