@@ -96,6 +96,20 @@ def test_bad_input_exits_2_with_one_line(trained, capsys, argv, message):
     assert len(err.splitlines()) == 1 and message in err and err.startswith("keras-egt ")
 
 
+def test_missing_optional_package_exits_2_with_one_line(trained, capsys, monkeypatch):
+    from keras_egt.cli import evaluate
+    from keras_egt.export import _deps
+
+    def evaluate_without_a_package(args):
+        return _deps.require("keras_egt_no_such_package", "this test")
+
+    monkeypatch.setattr(evaluate, "evaluate_command", evaluate_without_a_package)
+    folder, data, model = trained
+    assert cli.main(["evaluate", str(model), "--data", str(data)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install keras-egt[deploy]" in err[0]
+
+
 def test_every_option_has_help():
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

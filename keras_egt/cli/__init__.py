@@ -14,7 +14,8 @@ _COMMAND_MODULES = ["demo", "data", "train", "tune", "evaluate", "explain", "exp
 
 
 class CLIError(Exception):
-    """Bad input or a missing file: reported as one line, exit code 2."""
+    """Bad input or a missing file: reported as one line, exit code 2 (as are
+    ValueError, FileNotFoundError and ImportError)."""
 
 
 def build_parser():
@@ -35,7 +36,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CLIError, FileNotFoundError, ValueError) as error:
+    # ImportError: an optional package is missing (the message names the extra).
+    except (CLIError, FileNotFoundError, ValueError, ImportError) as error:
         print(f"keras-egt {args.command}: error: {error}", file=sys.stderr)
         return 2
 
