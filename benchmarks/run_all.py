@@ -80,7 +80,7 @@ def _section_generic(lines, name, title, preamble=""):
     markdown = data.get("markdown") if isinstance(data, dict) else None
     if markdown:
         lines += [markdown, ""]
-    lines += ["<details><summary>raw figures</summary>", "", "```json", json.dumps(data, indent=1)[:20000], "```", "", "</details>", ""]
+    lines += [f"Every figure, with the machine and settings: `benchmarks/results/{name}.json`.", ""]
 
 
 def write_report(path=os.path.join(HERE, "RESULTS.md")):
