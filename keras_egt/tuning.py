@@ -44,6 +44,7 @@ __all__ = [
     "GridSearch",
     "GridSearchOracle",
     "ResultsTable",
+    "harmonic_mean",
     "objective",
     "pareto_front",
     "results_table",
@@ -199,10 +200,10 @@ class EGTHyperModel(kt.HyperModel):
         for rate in self.learning_rates or ():
             if not rate > 0:
                 raise ValueError(f"learning_rates must be > 0, got {rate}.")
-        # Checked by building one model now, before any trial runs.
-        EarlyExitCNN(self.num_classes, self.input_shape, self.widths, self.lambdas[0],
-                     exit_weights=self._parse_weights(self.exit_weights[0])
-                     if self.exit_weights else None)
+        for text in self.exit_weights or ():
+            self._parse_weights(text)
+        # Checks the shapes by building one model now, before any trial runs.
+        EarlyExitCNN(self.num_classes, self.input_shape, self.widths, self.lambdas[0])
         self.threshold = threshold
         self.criterion = egt_cascade.Cascade(None, threshold, criterion).criterion
         self.decay_every = int(decay_every)
