@@ -111,6 +111,8 @@ def test_hypermodel_space_and_bad_input():
         tuning.EGTHyperModel(9, (64, 64, 2), lambdas=[0.1, 0.1])
     with pytest.raises(ValueError, match="5 numbers"):
         tuning.EGTHyperModel(9, (64, 64, 2), exit_weights=[(1, 1)])
+    with pytest.raises(ValueError, match="5 numbers"):  # a bad candidate after a good one
+        tuning.EGTHyperModel(9, (64, 64, 2), exit_weights=[(1,) * 5, (1, 1, 1, 1, -1)])
     with pytest.raises(ValueError, match="too small"):
         tuning.EGTHyperModel(9, (16, 16, 2))
 
