@@ -112,6 +112,7 @@ def _parity(runner, q, p_float, float_labels, float_exits, y, rows, threshold):
             "int8_accuracy": float(np.mean(p_int8[k].argmax(-1) == y[rows])),
             "top1_agreement": float(np.mean(p_int8[k].argmax(-1) == pf[k].argmax(-1))),
             "mean_abs_probability_error": float(np.mean(np.abs(p_int8[k] - pf[k]))),
+            "mean_abs_confidence_error": float(np.mean(np.abs(p_int8[k].max(-1) - pf[k].max(-1)))),
         })
     # Where the exits differ, how close was the float confidence to the threshold at
     # the first exit the two cascades decided differently?
@@ -131,6 +132,29 @@ def _parity(runner, q, p_float, float_labels, float_exits, y, rows, threshold):
         "exit_shares": [float(v) for v in np.bincount(exits, minlength=5) / len(rows)],
         "per_exit": per_exit,
     }
+
+
+# One step of an int8 softmax output (scale 1/256): the finest a deployed exit's
+# confidence can be.
+INT8_STEP = 1 / 256
+
+
+def _near_threshold(p_float, threshold, steps=(1, 2, 4)):
+    """Share of samples whose float confidence lies within `s` int8 steps of the
+    threshold at some exit the float cascade consults (exits 1-4, up to its own).
+
+    An int8 error of that size can move such a sample's exit, whatever the export
+    does, so these shares bound how closely int8 and float exit indices can agree.
+    """
+    import numpy as np
+
+    confidence = p_float.max(-1)
+    margin = np.full(confidence.shape[1], np.inf)
+    alive = np.ones(confidence.shape[1], bool)
+    for k in range(confidence.shape[0] - 1):
+        margin[alive] = np.minimum(margin[alive], np.abs(confidence[k, alive] - threshold))
+        alive &= confidence[k] < threshold
+    return {str(s): float(np.mean(margin <= s * INT8_STEP)) for s in steps}
 
 
 def _timing(deploy, model, calibration, x, samples):
@@ -262,6 +286,7 @@ def run_preset(preset, args, data, work):
         "cascade_accuracy": float(np.mean(float_labels == y_test)),
         "exit_accuracies": [float(v) for v in (p_float.argmax(-1) == y_test).mean(axis=1)],
         "exit_shares": [float(v) for v in np.bincount(float_exits, minlength=5) / len(y_test)],
+        "near_threshold": _near_threshold(p_float, args.threshold),
     }
     tflm_samples = args.tflm_samples if args.tflm_samples else len(x_test)
     tflm_rows = np.arange(min(tflm_samples, len(x_test)))
@@ -339,6 +364,19 @@ def _markdown(results):
                     f"{100 * p['exit_agreement']:.2f}% | {p['exit_disagreements']}: "
                     f"{p['exit_disagreement_margin_max']:.3f}, {p['exit_disagreement_margin_median']:.3f} | "
                     + " / ".join(f"{100 * s:.1f}" for s in p["exit_shares"]) + " |")
+        near = r["float"].get("near_threshold")
+        if near:
+            errors = [e["mean_abs_confidence_error"] for e in ptq["litert"]["per_exit"][:4]
+                      if "mean_abs_confidence_error" in e]
+            lines += [
+                "",
+                "Float confidence within 1 / 2 / 4 int8 steps (1/256) of the threshold at an exit the "
+                "float cascade consults: " + " / ".join(f"{100 * v:.1f}%" for v in near.values())
+                + " of the test samples; an int8 error of that size can move their exit"
+                + (" (mean int8 confidence error at exits 1-4, PTQ: "
+                   + " / ".join(f"{e / INT8_STEP:.1f}" for e in errors) + " steps)" if errors else "")
+                + ".",
+            ]
         t = r["timing_tflm"]
         lines += [
             "",

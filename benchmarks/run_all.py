@@ -221,7 +221,9 @@ def _section_targets(lines):
                 and abs(tflm["accuracy"] - tflm["float_accuracy"]) <= 0.01
             rows.append((f"int8 TFLM cascade vs float: ≥ 99% labels and exits agree, accuracy within 1 point ({preset})",
                          f"labels {100 * tflm['label_agreement']:.2f}%, exits {100 * tflm['exit_agreement']:.2f}%, "
-                         f"{100 * tflm['accuracy']:.2f}% vs {100 * tflm['float_accuracy']:.2f}%", _met(ok)))
+                         f"{100 * tflm['accuracy']:.2f}% vs {100 * tflm['float_accuracy']:.2f}%"
+                         + (f"; {100 * near['1']:.1f}% of the samples lie within one int8 step of the threshold"
+                            if (near := r["float"].get("near_threshold")) else ""), _met(ok)))
         micro = data["presets"].get("micro")
         if micro:
             ptq = micro["ptq"]
