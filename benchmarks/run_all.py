@@ -169,8 +169,8 @@ def _best_threshold_on_test(model="EGT (λ = 0.3)", max_drop=MAX_ACCURACY_DROP):
         if report and data["settings"]["widths"] == "paper":
             floor = report["final_accuracy"] - max_drop / 100
             best = max((c for c in report["curve"] if c["accuracy"] >= floor), key=lambda c: c["speedup"])
-            return (f"the best single threshold chosen on the test set itself ({best['threshold']:.2f}, "
-                    f"{name}.json): {best['speedup']:.2f}x")
+            return (f"threshold {best['threshold']:.2f}: {best['speedup']:.2f}x MACs, "
+                    f"{100 * (report['final_accuracy'] - best['accuracy']):.2f}-point drop ({name}.json)")
     return None
 
 
@@ -199,20 +199,44 @@ def _section_targets(lines):
         ))
     data = _load("cascade")
     if data:
-        detail = [
-            f"{label}: {r['mac_speedup']:.2f}x MACs, {r['accuracy_drop_points']:.2f}-point drop"
-            for key, label in [("paper_threshold_0.9", "threshold 0.9"), ("calibrated", "calibrated")]
-            if (r := data["results"].get(key))
-        ]
+        # Table II, float Keras: the paper's threshold and the calibrated one, each
+        # judged on the test set (MACs and batch-1 wall time).
+        model = data["settings"].get("model") or "trained by the benchmark"
+        for key, label in [("paper_threshold_0.9", "threshold 0.9"), ("calibrated", "calibrated thresholds")]:
+            r = data["results"].get(key)
+            if not r:
+                continue
+            drop_ok = r["accuracy_drop_points"] <= MAX_ACCURACY_DROP
+            rows.append((
+                f"Table II, float Keras, {label}: speedup ≥ 2.5x at ≤ {MAX_ACCURACY_DROP} point drop "
+                f"(paper widths, λ = 0.3, {model})",
+                f"{r['mac_speedup']:.2f}x MACs, {r['wall_clock_speedup']:.2f}x batch-1 wall clock, "
+                f"{r['accuracy_drop_points']:.2f}-point drop",
+                f"MACs {_met(r['mac_speedup'] >= 2.5 and drop_ok)}; "
+                f"wall clock {_met(r['wall_clock_speedup'] >= 2.5 and drop_ok)}",
+            ))
         bound = _best_threshold_on_test()
         if bound:
-            detail.append(bound)
-        met = data["targets_met"]
-        rows.append(("Table II: cascade MAC speedup ≥ 2.5x at ≤ 0.5 point drop (paper widths, λ = 0.3)",
-                     "; ".join(detail), _met(met["mac_speedup"] and met["accuracy_drop"])))
+            rows.append(("Table II bound: best single threshold for ≤ 0.5 point drop, chosen on the test set itself",
+                         bound, "–"))
         ratio = data["results"]["calibrated"]["mac_ratio_to_oracle"]
         rows.append(("Cascade cost ≤ 1.3x the oracle bound's MACs (calibrated)", f"{ratio:.2f}x",
-                     _met(met["oracle_ratio"])))
+                     _met(data["targets_met"]["oracle_ratio"])))
+    data = _load("deploy")
+    if data:
+        for preset, r in data["presets"].items():
+            t, tflm = r["timing_tflm"], r["ptq"]["tflm"]
+            final_int8 = tflm["per_exit"][-1]["int8_accuracy"]
+            drop = 100 * (final_int8 - tflm["accuracy"])
+            drop_ok = drop <= MAX_ACCURACY_DROP
+            rows.append((
+                f"Table II, int8 TFLM, threshold {data['settings']['threshold']:g}: speedup ≥ 2.5x at "
+                f"≤ {MAX_ACCURACY_DROP} point drop vs int8 exit 5 ({preset})",
+                f"{t['speedup_macs_vs_final_only']:.2f}x MACs, {t['speedup_time_vs_final_only']:.2f}x batch-1 "
+                f"time, {drop:.2f}-point drop ({100 * tflm['accuracy']:.2f}% vs {100 * final_int8:.2f}%)",
+                f"MACs {_met(t['speedup_macs_vs_final_only'] >= 2.5 and drop_ok)}; "
+                f"time {_met(t['speedup_time_vs_final_only'] >= 2.5 and drop_ok)}",
+            ))
     data = _load("deploy")
     if data:
         for preset, r in data["presets"].items():
