@@ -64,7 +64,6 @@ def _summary(report, test_final_accuracy):
 
 def run(args):
     import keras
-    import numpy as np
 
     import keras_egt as egt
     from keras_egt import costs

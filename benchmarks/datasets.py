@@ -161,7 +161,14 @@ def main():
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--egt", action="store_true", help="also train a micro EarlyExitCNN")
     parser.add_argument("--skip-models", action="store_true", help="timings only")
+    parser.add_argument("--output", default=RESULTS)
+    parser.add_argument("--quick", action="store_true",
+                        help="timings only, into results/datasets_quick.json")
     args = parser.parse_args()
+    if args.quick:
+        args.skip_models = True
+        if args.output == RESULTS:
+            args.output = os.path.join(os.path.dirname(RESULTS), "datasets_quick.json")
 
     rg = _radar()
     data, generate_s, load_s, identical = time_generation(rg)
@@ -198,10 +205,11 @@ def main():
             result["egt_micro_exit_accuracy"] = [round(a, 4) for a in exits]
             print("EGT micro per-exit test accuracy:", [f"{a:.3f}" for a in exits])
 
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS, "w") as f:
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    with open(args.output + ".tmp", "w") as f:
         json.dump(result, f, indent=2)
         f.write("\n")
+    os.replace(args.output + ".tmp", args.output)
     print()
     print("| figure | value | target |")
     print("|---|---|---|")

@@ -40,7 +40,6 @@ def _name(lam):
 
 def run(args):
     import keras
-    import numpy as np
 
     import keras_egt as egt
     from keras_egt.datasets import radar_gestures

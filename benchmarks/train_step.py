@@ -107,7 +107,8 @@ def main(argv=None):
         return 0
     widths = args.widths if args.widths in ("paper", "micro") else tuple(int(w) for w in args.widths.split(","))
     result = measure(widths, args.batch_size, args.steps, args.rounds, args.image_size)
-    _merge(result)
+    # A smoke run must not overwrite the measured figures.
+    _merge(result, RESULTS.replace(".json", "_quick.json") if args.quick else RESULTS)
     s = result["seconds_per_step"]
     print(
         f"{result['backend']}: EGT {1e3 * s['egt_lambda_0.3']:.1f} ms/step, λ=0 {1e3 * s['lambda_0']:.1f}, "
