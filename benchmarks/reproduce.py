@@ -8,6 +8,7 @@ benchmarks/results/reproduction.json, with the tables in the paper's layout.
     python benchmarks/reproduce.py                   # the full run (a GPU helps)
     python benchmarks/reproduce.py --quick           # tiny smoke run
     python benchmarks/reproduce.py --save-models DIR --keep 0,0.3
+    python benchmarks/reproduce.py --resume          # go on with an interrupted sweep
 """
 
 import argparse
@@ -43,15 +44,25 @@ def run(args):
 
     import keras_egt as egt
     from keras_egt.datasets import radar_gestures
-    from keras_egt.evaluation import compare_markdown, evaluate
+    from keras_egt.evaluation import Report, evaluate
 
     (x_train, y_train), (x_test, y_test) = radar_gestures.load_data(
         num_train=args.num_train, num_test=args.num_test
     )
     widths = args.widths if args.widths in ("paper", "micro") else tuple(int(w) for w in args.widths.split(","))
+    settings = {"widths": widths, "epochs": args.epochs, "batch_size": args.batch_size,
+                "step_every": args.step_every, "learning_rate": 1e-3, "threshold": args.threshold,
+                "seed": args.seed, "num_train": len(x_train), "num_test": len(x_test)}
     reports, histories, train_seconds = {}, {}, {}
+    previous = _previous(args.output, settings) if args.resume else {}
     for lam in args.lambdas:
         name = _name(lam)
+        if name in previous.get("reports", {}):
+            print(f"=== {name}: kept from {args.output}", flush=True)
+            reports[name] = Report.from_dict(previous["reports"][name])
+            histories[name] = previous["histories"][name]
+            train_seconds[name] = previous["train_seconds"][name]
+            continue
         print(f"=== {name}: widths {widths}, {args.epochs} epochs", flush=True)
         keras.utils.set_random_seed(args.seed)
         model = egt.EarlyExitCNN(
@@ -76,7 +87,33 @@ def run(args):
             with open(stem + ".json", "w") as f:
                 json.dump(model.get_config(), f)
         keras.backend.clear_session()
+        # After every model: an interrupted sweep keeps what it finished (--resume).
+        _write(args.output, keras.backend.backend(), settings, reports, histories, train_seconds)
+    result = _write(args.output, keras.backend.backend(), settings, reports, histories, train_seconds)
+    print(result["markdown"])
+    print("gains vs baseline:", json.dumps(result["gains_vs_baseline"], indent=1))
+    print("Wrote", args.output)
 
+
+def _previous(path, settings):
+    """The earlier run at `path`, if any; refused if it was run with other settings."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        previous = json.load(f)
+    ours = json.loads(json.dumps(settings))
+    if previous.get("settings") != ours:
+        raise SystemExit(
+            f"{path} holds a run with other settings ({previous.get('settings')}, not {ours}): "
+            "give another --output, or drop --resume to start afresh."
+        )
+    return previous
+
+
+def _write(path, backend, settings, reports, histories, train_seconds):
+    from keras_egt.evaluation import compare_markdown
+
+    reports = dict(sorted(reports.items(), key=lambda item: item[1].consistency_weight))
     markdown = compare_markdown(reports)
     baseline = reports.get("Baseline")
     gains = {}
@@ -90,11 +127,9 @@ def run(args):
                 "final_accuracy_delta_points": 100 * (r["final_accuracy"] - base["final_accuracy"]),
             }
     result = {
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "backend": keras.backend.backend(),
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "backend": backend,
                     "device": _device()},
-        "settings": {"widths": widths, "epochs": args.epochs, "batch_size": args.batch_size, "step_every": args.step_every,
-                     "learning_rate": 1e-3, "threshold": args.threshold, "seed": args.seed,
-                     "num_train": len(x_train), "num_test": len(x_test)},
+        "settings": settings,
         "train_seconds": train_seconds,
         "reports": {name: report.to_dict() for name, report in reports.items()},
         "gains_vs_baseline": gains,
@@ -102,14 +137,11 @@ def run(args):
         "paper": PAPER,
         "markdown": markdown,
     }
-    path = args.output
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=1, default=float)
     os.replace(path + ".tmp", path)
-    print(markdown)
-    print("gains vs baseline:", json.dumps(gains, indent=1))
-    print("Wrote", path)
+    return result
 
 
 def _device():
@@ -136,6 +168,8 @@ def main(argv=None):
     parser.add_argument("--save-models", help="folder to save the models whose λ is in --keep")
     parser.add_argument("--keep", default="0,0.3", help="λ values whose models --save-models keeps")
     parser.add_argument("--output", default=RESULTS)
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the models --output already holds (same settings) and train the rest")
     parser.add_argument("--quick", action="store_true", help="micro widths, 2 epochs, 2 λ, 180/180 samples")
     args = parser.parse_args(argv)
     if args.quick:
