@@ -55,13 +55,17 @@ def run(args):
                 "seed": args.seed, "num_train": len(x_train), "num_test": len(x_test)}
     reports, histories, train_seconds = {}, {}, {}
     previous = _previous(args.output, settings) if args.resume else {}
-    for lam in args.lambdas:
-        name = _name(lam)
+    # Every kept model goes in before any training, so that the file written after
+    # each new model still holds them all.
+    for name in map(_name, args.lambdas):
         if name in previous.get("reports", {}):
             print(f"=== {name}: kept from {args.output}", flush=True)
             reports[name] = Report.from_dict(previous["reports"][name])
             histories[name] = previous["histories"][name]
             train_seconds[name] = previous["train_seconds"][name]
+    for lam in args.lambdas:
+        name = _name(lam)
+        if name in reports:
             continue
         print(f"=== {name}: widths {widths}, {args.epochs} epochs", flush=True)
         keras.utils.set_random_seed(args.seed)
