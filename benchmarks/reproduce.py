@@ -53,7 +53,7 @@ def run(args):
     settings = {"widths": widths, "epochs": args.epochs, "batch_size": args.batch_size,
                 "step_every": args.step_every, "learning_rate": 1e-3, "threshold": args.threshold,
                 "seed": args.seed, "num_train": len(x_train), "num_test": len(x_test)}
-    reports, histories, train_seconds = {}, {}, {}
+    reports, histories, train_seconds, result = {}, {}, {}, None
     previous = _previous(args.output, settings) if args.resume else {}
     # Every kept model goes in before any training, so that the file written after
     # each new model still holds them all.
@@ -92,8 +92,10 @@ def run(args):
                 json.dump(model.get_config(), f)
         keras.backend.clear_session()
         # After every model: an interrupted sweep keeps what it finished (--resume).
-        _write(args.output, keras.backend.backend(), settings, reports, histories, train_seconds)
-    result = _write(args.output, keras.backend.backend(), settings, reports, histories, train_seconds)
+        result = _write(args.output, keras.backend.backend(), settings, reports, histories, train_seconds)
+    if result is None:  # every model was kept: the file already holds them
+        with open(args.output) as f:
+            result = json.load(f)
     print(result["markdown"])
     print("gains vs baseline:", json.dumps(result["gains_vs_baseline"], indent=1))
     print("Wrote", args.output)
