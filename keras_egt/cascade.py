@@ -35,7 +35,8 @@ from keras import ops
 
 from keras_egt import costs
 from keras_egt import metrics
-from keras_egt.model import NUM_EXITS, check_inputs, check_labels
+from keras_egt.checks import check_inputs, check_labels
+from keras_egt.model import NUM_EXITS
 
 __all__ = [
     "CRITERIA",

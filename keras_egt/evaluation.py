@@ -40,7 +40,8 @@ from keras import ops
 from keras_egt import cascade as egt_cascade
 from keras_egt import costs
 from keras_egt import metrics
-from keras_egt.model import NUM_EXITS, check_labels
+from keras_egt.checks import check_labels
+from keras_egt.model import NUM_EXITS
 
 __all__ = ["Report", "compare_markdown", "evaluate", "time_per_sample"]
 

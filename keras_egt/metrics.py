@@ -19,7 +19,8 @@ import numpy as np
 from keras import ops
 
 from keras_egt import losses
-from keras_egt.model import NUM_EXITS, check_inputs, check_labels
+from keras_egt.checks import check_inputs, check_labels
+from keras_egt.model import NUM_EXITS
 
 __all__ = [
     "ExitOutputs",

@@ -18,7 +18,8 @@ import numpy as np
 from keras import ops
 
 from keras_egt import metrics
-from keras_egt.model import NUM_EXITS, check_inputs
+from keras_egt.checks import check_inputs
+from keras_egt.model import NUM_EXITS
 
 __all__ = ["attention_grid", "consistency_bars", "exit_histogram", "pareto_plot", "speedup_curve"]
 

@@ -1,4 +1,4 @@
-"""The firmware kit: keras_egt.firmware (C sources of a deploy folder) and tflite/*.c.
+"""The firmware kit: keras_egt.export.c_sources (C sources of a deploy folder) and tflite/*.c.
 
 The C code is compiled with `gcc -std=c99 -Wall -Wextra -Werror -pedantic` and driven
 through tflite/host_test.c; its answers are compared with numpy references written
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keras_egt import firmware
+from keras_egt.export import c_sources as firmware
 
 pytestmark = pytest.mark.tensorflow_only
 

@@ -250,7 +250,7 @@ def export_cascade(model, out_dir, representative_data, threshold=0.9, class_nam
     The folder gets `segment_1.tflite` ... `segment_5.tflite`, `manifest.json`
     (shapes, quantization, int8 exit thresholds, sha256, flash and arena bytes,
     MACs, ops) and the C sources `model_data.c/.h` and `egt_manifest.h` of
-    `keras_egt.firmware`. It is written into a temporary folder next to `out_dir`
+    `keras_egt.export.c_sources`. It is written into a temporary folder next to `out_dir`
     and renamed at the end, so a failed export leaves nothing behind.
 
     Needs TensorFlow (`pip install keras-egt[deploy]`). A model living on the JAX or
@@ -291,7 +291,7 @@ def export_cascade(model, out_dir, representative_data, threshold=0.9, class_nam
                  class_names=None if class_names is None else [str(c) for c in class_names],
                  verbose=verbose, metadata=metadata),
         )
-    from keras_egt import firmware
+    from keras_egt.export import c_sources
     from keras_egt.export import _deps
 
     _deps.tensorflow()
@@ -300,7 +300,7 @@ def export_cascade(model, out_dir, representative_data, threshold=0.9, class_nam
     tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
     try:
         manifest = _export_into(tmp_dir, model, data, thresholds, class_names, verbose, metadata)
-        firmware.write_c_sources(tmp_dir, manifest)
+        c_sources.write_c_sources(tmp_dir, manifest)
         _publish(tmp_dir, out_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)

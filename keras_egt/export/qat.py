@@ -200,7 +200,7 @@ def quantization_aware_finetune(model, x_train, y_train, epochs=3, learning_rate
             "keras_egt.export.quantization_aware_export, which runs it in a TensorFlow "
             "subprocess from any backend, or set KERAS_BACKEND=tensorflow."
         )
-    from keras_egt.model import check_inputs, check_labels
+    from keras_egt.checks import check_inputs, check_labels
 
     x_train = np.asarray(x_train, np.float32)
     y_train = np.asarray(y_train).reshape(-1)
