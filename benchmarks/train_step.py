@@ -47,7 +47,7 @@ def measure(widths, batch_size, steps, rounds, image_size):
     models = {
         "egt_lambda_0.3": egt.EarlyExitCNN(9, input_shape, widths=widths, consistency_weight=0.3),
         "lambda_0": egt.EarlyExitCNN(9, input_shape, widths=widths, consistency_weight=0.0),
-        "plain_cnn": _plain_cnn(egt.model.resolve_widths(widths), input_shape, 9),
+        "plain_cnn": _plain_cnn(egt.cnn.resolve_widths(widths), input_shape, 9),
     }
     for model in models.values():
         model.compile(keras.optimizers.Adam(1e-3), loss=loss)
@@ -63,7 +63,7 @@ def measure(widths, batch_size, steps, rounds, image_size):
     median = {name: float(np.median(t)) for name, t in times.items()}
     return {
         "backend": keras.backend.backend(),
-        "widths": list(egt.model.resolve_widths(widths)),
+        "widths": list(egt.cnn.resolve_widths(widths)),
         "batch_size": batch_size,
         "input_shape": list(input_shape),
         "rounds": rounds,

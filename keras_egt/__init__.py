@@ -10,11 +10,14 @@ from keras_egt import layers
 from keras_egt import losses
 from keras_egt import metrics
 from keras_egt import plots
+from keras_egt import stages
 from keras_egt import tuning
 from keras_egt.cascade import Cascade, calibrate_thresholds
 from keras_egt.evaluation import evaluate
 from keras_egt.layers import ConvBlock, ExitHead, SpatialAttention, spatial_softmax
 from keras_egt.losses import attention_consistency, consistency_loss, exit_consistencies
-from keras_egt.model import WIDTH_PRESETS, EarlyExitCNN
+from keras_egt.cnn import WIDTH_PRESETS, EarlyExitCNN
+from keras_egt.model import EarlyExitModel
+from keras_egt.stages import split_backbone, valid_cuts
 
 __version__ = "0.1.0"

@@ -54,3 +54,36 @@ class StepDecay(keras.callbacks.Callback):
 
     def get_config(self):
         return {"every": self.every, "factor": self.factor, "verbose": self.verbose}
+
+
+class CompactProgbar(keras.callbacks.ProgbarLogger):
+    """The `fit` progress bar of an early-exit model, with a few metrics instead of all.
+
+    With K exits `fit` logs four metrics per exit and the consistency of every
+    early exit: a line of several hundred characters. This bar shows the loss, the
+    average consistency and the final exit's accuracy (and their `val_` versions);
+    `History` still receives every metric. `EarlyExitModel.fit` adds it unless
+    `callbacks` holds a `ProgbarLogger` already.
+
+    Args:
+        num_exits: the model's number of exits K.
+        shown: the metric names to show (default: `loss`, `consistency`,
+            `exit_K_accuracy`).
+
+    Example:
+    >>> model.fit(x, y, callbacks=[CompactProgbar(5, shown=("loss", "exit_5_loss"))])
+    """
+
+    def __init__(self, num_exits, shown=None):
+        super().__init__()
+        names = shown or ("loss", "consistency", f"exit_{int(num_exits)}_accuracy")
+        self.shown = set(names) | {f"val_{n}" for n in names}
+
+    def _keep(self, logs):
+        return {k: v for k, v in (logs or {}).items() if k in self.shown}
+
+    def _update_progbar(self, batch, logs=None):
+        super()._update_progbar(batch, self._keep(logs))
+
+    def _finalize_progbar(self, logs):
+        super()._finalize_progbar(self._keep(logs))

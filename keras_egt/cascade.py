@@ -10,20 +10,21 @@ confident enough: `confidence(p_k) >= threshold_k`, where
 
 Both confidences lie in [0, 1] and a *higher* threshold is *stricter* for both: a
 threshold of 0 sends every sample out at exit 1, a threshold above 1 sends every
-sample on to exit 5 (`NEVER_EXIT`). Exit 5 always takes whatever reaches it, so the
-fifth threshold is ignored. This is the rule the int8 runtimes implement
+sample on to the final exit K (`NEVER_EXIT`). The final exit takes whatever reaches
+it, so its threshold is ignored. This is the rule the int8 runtimes implement
 (`tflite/egt_cascade.c`: `max(q) >= threshold_int8`).
 
 **Exit indices** are 0-based throughout the Python API: `exits[i] == 0` means sample
-i left at the paper's "Exit 1", `4` at "Exit 5".
+i left at the paper's "Exit 1", `K - 1` at the final exit ("Exit 5" for the paper's
+five-block CNN).
 
 **Cost model** (`keras_egt.costs`). A sample leaving at exit k costs
 `exit_macs(model)[k]`: blocks 1..k plus heads 1..k (every head on the way was run and
 found not confident). The cascade's cost is the mean of that over samples; its
 speedup is `final_only_macs(model) / average`, against the model without early exit
-(all five blocks and the final head only, no early heads). The **oracle bound** lets
+(every stage and the final head only, no early heads). The **oracle bound** lets
 every sample leave at its earliest *correct* exit; a sample no exit gets right leaves
-at exit 5 (it has to run to the end to be classified at all). No thresholds can beat
+at the final exit (it has to run to the end to be classified at all). No thresholds can beat
 the oracle's cost at the oracle's accuracy, so `average / oracle` says how much
 room the thresholds leave.
 """
@@ -36,7 +37,6 @@ from keras import ops
 from keras_egt import costs
 from keras_egt import metrics
 from keras_egt.checks import check_inputs, check_labels
-from keras_egt.model import NUM_EXITS
 
 __all__ = [
     "CRITERIA",
@@ -46,8 +46,11 @@ __all__ = [
     "calibrate_thresholds",
     "confidence",
     "decide",
+    "exit_shares",
+    "first_exit",
     "oracle_exits",
     "resolve_criterion",
+    "resolve_thresholds",
     "should_exit",
     "threshold_curve",
 ]
@@ -147,33 +150,74 @@ def resolve_criterion(threshold, criterion=None):
     return criterion
 
 
-def _resolve_thresholds(threshold):
+def resolve_thresholds(threshold, num_exits):
+    """One threshold per exit, from one number or one per early exit.
+
+    The one place thresholds are resolved: the float cascade, the timing paths,
+    calibration and the int8 export all call it.
+
+    Args:
+        threshold: one number for every early exit; or K - 1 numbers (one per
+            early exit); or K numbers, the last ignored (the final exit takes every
+            sample that reaches it). A value above 1, `inf` included, never exits.
+        num_exits: the model's number of exits K (>= 2).
+
+    Returns:
+        A tuple of K floats, the last `NEVER_EXIT`; values above 1 are stored as
+        `NEVER_EXIT` (a plain JSON number).
+
+    Example:
+    >>> resolve_thresholds(0.9, 3)
+    (0.9, 0.9, 2.0)
+    >>> resolve_thresholds([0.8, float("inf")], 3)
+    (0.8, 2.0, 2.0)
+    """
+    num_exits = int(num_exits)
     if np.ndim(threshold) == 0:
-        t = _check_threshold(threshold)
-        return (t,) * NUM_EXITS
-    values = list(threshold)
-    if len(values) not in (NUM_EXITS - 1, NUM_EXITS):
-        raise ValueError(
-            f"threshold must be one number or one per exit ({NUM_EXITS}; the last is "
-            f"ignored, exit {NUM_EXITS} takes every sample that reaches it), got {len(values)}."
-        )
-    values = [_check_threshold(v, f"threshold[{k}]") for k, v in enumerate(values)]
-    if len(values) == NUM_EXITS - 1:
-        values.append(NEVER_EXIT)
-    return tuple(values)
+        values = [_check_threshold(threshold)] * (num_exits - 1)
+    else:
+        values = list(threshold)
+        if len(values) not in (num_exits - 1, num_exits):
+            raise ValueError(
+                f"threshold must be one number or one per exit ({num_exits}; the last is "
+                f"ignored, exit {num_exits} takes every sample that reaches it, or "
+                f"{num_exits - 1}), got {len(values)}."
+            )
+        values = [_check_threshold(v, f"threshold[{k}]") for k, v in enumerate(values)]
+        values = values[: num_exits - 1]
+    return tuple(min(v, NEVER_EXIT) for v in values) + (NEVER_EXIT,)
+
+
+def first_exit(fires):
+    """The exit decision: index of the first early exit that fires, else the final one.
+
+    Args:
+        fires: bool array `(K - 1, ...)`: whether early exit k is confident enough
+            for each sample (`should_exit`, or the int8 test of the runtimes).
+
+    Returns:
+        An int64 array `fires.shape[1:]` of 0-based exits in 0..K-1.
+
+    Example:
+    >>> first_exit(np.array([[False, True], [True, False]]))   # K = 3
+    array([1, 0])
+    """
+    fires = np.asarray(fires, bool)
+    fires = np.concatenate([fires, np.ones((1,) + fires.shape[1:], bool)], axis=0)
+    return np.argmax(fires, axis=0).astype(np.int64)
 
 
 def decide(probabilities, thresholds, criterion="max_probability"):
-    """The cascade's decisions from all five exits' probabilities, without running it.
+    """The cascade's decisions from every exit's probabilities, without running it.
 
     Sample i leaves at the first early exit k whose probabilities pass
-    `should_exit(p_k, thresholds[k], criterion)`, else at exit 5. Identical to
-    `Cascade.predict` on the same probabilities (the cascade just does not compute
-    the exits it never reaches).
+    `should_exit(p_k, thresholds[k], criterion)`, else at the final exit. Identical
+    to `Cascade.predict` on the same probabilities (the cascade just does not
+    compute the exits it never reaches).
 
     Args:
-        probabilities: array `(5, n, num_classes)` (`metrics.exit_probabilities`).
-        thresholds: one number or one per exit.
+        probabilities: array `(K, n, num_classes)` (`metrics.exit_probabilities`).
+        thresholds: as `resolve_thresholds`.
         criterion: `"max_probability"` or `"entropy"`.
 
     Returns:
@@ -183,24 +227,18 @@ def decide(probabilities, thresholds, criterion="max_probability"):
     >>> labels, exits = decide(metrics.exit_probabilities(model, x), 0.9)
     """
     probabilities = np.asarray(probabilities)
-    thresholds = _resolve_thresholds(thresholds)
-    conf = confidence(probabilities, criterion)
-    exits = _first_exit(conf[: NUM_EXITS - 1] >= np.asarray(thresholds[:-1])[:, None])
+    thresholds = resolve_thresholds(thresholds, len(probabilities))
+    conf = confidence(probabilities[:-1], criterion)
+    exits = first_exit(conf >= np.asarray(thresholds[:-1])[:, None])
     labels = np.argmax(probabilities, axis=-1)[exits, np.arange(probabilities.shape[1])]
     return labels.astype(np.int64), exits
-
-
-def _first_exit(fires):
-    """Index of the first True along axis 0 of `fires` (4, ...), or 4 where none is."""
-    fires = np.concatenate([fires, np.ones((1,) + fires.shape[1:], bool)], axis=0)
-    return np.argmax(fires, axis=0).astype(np.int64)
 
 
 def oracle_exits(correct):
     """The oracle's exit of every sample: its earliest correct exit, else the last.
 
     Args:
-        correct: bool array `(5, n)`, whether exit k classifies sample i correctly.
+        correct: bool array `(K, n)`, whether exit k classifies sample i correctly.
 
     Returns:
         An int array `(n,)` of 0-based exits.
@@ -209,8 +247,7 @@ def oracle_exits(correct):
     >>> oracle_exits(np.array([[0, 1], [1, 1], [0, 0], [0, 0], [1, 0]], bool))
     array([1, 0])
     """
-    correct = np.asarray(correct, bool)
-    return _first_exit(correct[: NUM_EXITS - 1])
+    return first_exit(np.asarray(correct, bool)[:-1])
 
 
 def _average(exits, exit_macs):
@@ -223,24 +260,30 @@ def _summary(exits, correct_at_exit, exit_macs, final_macs):
         "accuracy": float(np.mean(correct_at_exit)) if len(exits) else 0.0,
         "average_macs": average,
         "speedup": final_macs / average if average else float("nan"),
-        "exit_shares": [float(v) for v in np.bincount(exits, minlength=NUM_EXITS) / max(1, len(exits))],
+        "exit_shares": exit_shares(exits, len(exit_macs)),
     }
+
+
+def exit_shares(exits, num_exits):
+    """Fraction of samples leaving at each of the `num_exits` exits (0-based `exits`)."""
+    exits = np.asarray(exits, np.int64)
+    return [float(v) for v in np.bincount(exits, minlength=num_exits) / max(1, len(exits))]
 
 
 class Cascade:
     """An early-exit model run as a confident-exit cascade.
 
-    Every sample runs block 1 and head 1; if head 1 is confident enough
-    (`should_exit`) it leaves with head 1's label, otherwise it goes on to block 2,
-    and so on; exit 5 takes whatever reaches it. In a batch, the samples that left
-    are dropped: the deeper blocks run only on the rows still in flight, so a batch
+    Every sample runs stage 1 and head 1; if head 1 is confident enough
+    (`should_exit`) it leaves with head 1's label, otherwise it goes on to stage 2,
+    and so on; the final exit takes whatever reaches it. In a batch, the samples that
+    left are dropped: the deeper stages run only on the rows still in flight, so a batch
     costs what its samples would cost one by one, and batch size never changes the
     answers.
 
     Args:
-        model: an `EarlyExitCNN`.
-        threshold: one number for every exit (the paper: 0.9), or one per exit (5,
-            the last ignored; or 4), e.g. the result of `calibrate_thresholds`.
+        model: an `EarlyExitModel` (e.g. an `EarlyExitCNN`).
+        threshold: one number for every exit (the paper: 0.9), or one per exit (K,
+            the last ignored; or K - 1), e.g. the result of `calibrate_thresholds`.
         criterion: `"max_probability"` (the paper's) or `"entropy"`; see
             `should_exit`. None: the criterion `threshold` was calibrated for, if it
             comes from `calibrate_thresholds`, else `"max_probability"`.
@@ -253,8 +296,16 @@ class Cascade:
 
     def __init__(self, model, threshold=0.9, criterion=None):
         self.model = model
-        self.thresholds = _resolve_thresholds(threshold)
+        self.threshold = threshold
         self.criterion = resolve_criterion(threshold, criterion)
+        # Checks the threshold now; without a model yet, as far as it can.
+        count = model.num_exits if model is not None else max(2, np.size(threshold) + 1)
+        resolve_thresholds(threshold, count)
+
+    @property
+    def thresholds(self):
+        """The K thresholds for the model's exits (`resolve_thresholds`)."""
+        return resolve_thresholds(self.threshold, self.model.num_exits)
 
     def predict(self, x, batch_size=DEFAULT_BATCH_SIZE):
         """Classifies `x`, running every sample only as deep as it needs.
@@ -265,7 +316,7 @@ class Cascade:
 
         Returns:
             `(labels, exits)`: int64 numpy arrays `(n,)`; `exits[i]` is the 0-based
-            index of the exit sample i took (0 = exit 1, ..., 4 = exit 5).
+            index of the exit sample i took (0 = exit 1, ..., K - 1 = the final exit).
 
         Example:
         >>> labels, exits = Cascade(model, 0.9).predict(x_test, batch_size=1)
@@ -281,10 +332,11 @@ class Cascade:
 
     def _run(self, x, rows, labels, exits):
         h = ops.convert_to_tensor(x, dtype=self.model.compute_dtype)
-        for k, (block, head) in enumerate(zip(self.model.blocks, self.model.heads)):
-            h = block(h, training=False)
+        last = self.model.num_exits - 1
+        for k, (stage, head) in enumerate(zip(self.model.stages, self.model.heads)):
+            h = stage(h, training=False)
             p = metrics.softmax(head(h))
-            if k == NUM_EXITS - 1:
+            if k == last:
                 done = np.ones(len(rows), bool)
             else:
                 done = should_exit(p, self.thresholds[k], self.criterion)
@@ -300,7 +352,7 @@ class Cascade:
 
     def decide(self, probabilities):
         """`decide(probabilities, self.thresholds, self.criterion)`: decisions from cached
-        five-exit probabilities `(5, n, C)`; returns `(labels, exits)`."""
+        probabilities `(K, n, C)`; returns `(labels, exits)`."""
         return decide(probabilities, self.thresholds, self.criterion)
 
     def average_macs(self, exits):
@@ -369,12 +421,12 @@ def threshold_curve(probabilities, y, exit_macs, final_macs, grid=None,
     y = np.asarray(y).reshape(-1)
     if grid is None:
         grid = list(np.round(np.linspace(0.0, 1.0, 101), 2)) + [NEVER_EXIT]
-    conf = confidence(probabilities[: NUM_EXITS - 1], criterion)
+    conf = confidence(probabilities[:-1], criterion)
     correct = np.argmax(probabilities, -1) == y[None]
     n = np.arange(len(y))
     out = []
     for t in grid:
-        exits = _first_exit(conf >= float(t))
+        exits = first_exit(conf >= float(t))
         point = {"threshold": float(t)}
         point.update(_summary(exits, correct[exits, n], exit_macs, final_macs))
         out.append(point)
@@ -412,7 +464,7 @@ def calibrate_thresholds(model, x_val, y_val, max_accuracy_drop=0.005, mac_budge
     calibrate on held-out validation data, not on the test set.
 
     Args:
-        model: an `EarlyExitCNN`.
+        model: an `EarlyExitModel` (e.g. an `EarlyExitCNN`).
         x_val: calibration inputs `(n, H, W, C)`.
         y_val: their labels.
         max_accuracy_drop: allowed accuracy drop below exit 5 alone, as a fraction
@@ -447,7 +499,7 @@ def calibrate_thresholds(model, x_val, y_val, max_accuracy_drop=0.005, mac_budge
     final_macs = float(costs.final_only_macs(model))
     n = len(y)
     rows = np.arange(n)
-    conf = confidence(probabilities[: NUM_EXITS - 1], criterion)
+    conf = confidence(probabilities[:-1], criterion)
     correct = np.argmax(probabilities, -1) == y[None]
     final_accuracy = float(correct[-1].mean())
 
@@ -470,10 +522,10 @@ def calibrate_thresholds(model, x_val, y_val, max_accuracy_drop=0.005, mac_budge
     def evaluate(threshold_matrix):
         """Scores candidate threshold vectors (m, 4): (num_correct, total MACs)."""
         num_correct, macs = [], []
-        step = max(1, _CHUNK_ELEMENTS // (NUM_EXITS * n))  # bounds the (m, 5, n) masks
+        step = max(1, _CHUNK_ELEMENTS // (len(probabilities) * n))  # bounds the (m, K, n) masks
         for start in range(0, len(threshold_matrix), step):
             part = threshold_matrix[start : start + step]
-            exits = _first_exit(np.moveaxis(conf[None] >= part[:, :, None], 1, 0))  # (m, n)
+            exits = first_exit(np.moveaxis(conf[None] >= part[:, :, None], 1, 0))  # (m, n)
             num_correct.append(correct[exits, rows[None]].sum(axis=1))
             macs.append(exit_macs[exits].sum(axis=1))
         return np.concatenate(num_correct), np.concatenate(macs)
@@ -499,15 +551,15 @@ def calibrate_thresholds(model, x_val, y_val, max_accuracy_drop=0.005, mac_budge
         return (-a[0], a[1]) < (-b[0], b[1])
 
     shared = np.unique(np.concatenate([_candidates(conf.ravel()), [NEVER_EXIT]]))
-    starts = [np.full(NUM_EXITS - 1, NEVER_EXIT)]
-    found = best(np.repeat(shared[:, None], NUM_EXITS - 1, axis=1))
+    starts = [np.full(len(conf), NEVER_EXIT)]
+    found = best(np.repeat(shared[:, None], len(conf), axis=1))
     if found is not None:
         starts.append(found[0])
     if objective == "max_accuracy":
         # Budgets below exit 5's cost are infeasible for "never exit": start from the
         # cheapest cascade as well.
-        starts.append(np.zeros(NUM_EXITS - 1))
-    candidates = [_candidates(conf[k]) for k in range(NUM_EXITS - 1)]
+        starts.append(np.zeros(len(conf)))
+    candidates = [_candidates(c) for c in conf]
 
     result, score = None, None
     for start in starts:
@@ -517,7 +569,7 @@ def calibrate_thresholds(model, x_val, y_val, max_accuracy_drop=0.005, mac_budge
         thresholds, current_score = current[0].copy(), current[1]
         for _ in range(int(max_rounds)):
             changed = False
-            for k in range(NUM_EXITS - 1):
+            for k in range(len(conf)):
                 trial = np.repeat(thresholds[None], len(candidates[k]), axis=0)
                 trial[:, k] = candidates[k]
                 found = best(trial)
@@ -531,7 +583,7 @@ def calibrate_thresholds(model, x_val, y_val, max_accuracy_drop=0.005, mac_budge
         raise ValueError("No thresholds meet the constraint on this data.")
 
     thresholds = CalibratedThresholds([float(v) for v in result] + [NEVER_EXIT])
-    exits = _first_exit(conf >= result[:, None])
+    exits = first_exit(conf >= result[:, None])
     summary = _summary(exits, correct[exits, rows], exit_macs, final_macs)
     oracle = oracle_exits(correct)
     thresholds.criterion = criterion

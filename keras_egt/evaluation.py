@@ -2,14 +2,14 @@
 
 One call runs the model over a test set once (in batches) and reports:
 
-* **Table I** (attention consistency): `Model | Exit 1 | Exit 2 | Exit 3 | Exit 4 | Avg |
+* **Table I** (attention consistency): `Model | Exit 1 | ... | Exit K-1 | Avg |
   Overall Acc. (%)`, with the chance floor (shuffled pairing, see
   `keras_egt.metrics`) beside it. Exit k's figure is the mean over samples of the
-  cosine between exit k's attention map, bilinearly resized, and exit 5's. "Overall
+  cosine between exit k's attention map, bilinearly resized, and the final exit's. "Overall
   Acc." is the accuracy of the early-exit cascade at the threshold: the paper's
   Table II repeats it as the "With Early Exit" accuracy (97.8 for λ = 0.5 in both).
 * **Table II** (inference time): `Model | Avg Time/Sample (ms) | Accuracy (%)` for
-  "With Early Exit" (the cascade) and "Without Early Exit" (exit 5 alone).
+  "With Early Exit" (the cascade) and "Without Early Exit" (the final exit alone).
 * Per-exit accuracy, exit shares, the cost model's MACs (see `keras_egt.cascade`):
   the cascade's average, its speedup vs the model without early exit and the
   oracle bound (every sample at its earliest correct exit).
@@ -17,8 +17,8 @@ One call runs the model over a test set once (in batches) and reports:
 **Timing** is wall clock at batch size 1, the way an edge device runs: one sample at
 a time, a few warm-up samples first (which also trace every segment), on at most
 `timing_samples` samples, layers called with `training=False`. *With early exit*
-runs segment 1 (block 1 + head 1), decides, and goes on segment by segment only
-while no exit is confident; *without early exit* runs the five blocks and the final
+runs segment 1 (stage 1 + head 1), decides, and goes on segment by segment only
+while no exit is confident; *without early exit* runs every stage and the final
 head. Each segment, and the no-early-exit path, runs as one compiled function
 (`tf.function` / `jax.jit`; PyTorch eager under `no_grad`), as an edge runtime runs
 one model per segment. The two paths are interleaved sample by sample (alternating
@@ -41,7 +41,6 @@ from keras_egt import cascade as egt_cascade
 from keras_egt import costs
 from keras_egt import metrics
 from keras_egt.checks import check_labels
-from keras_egt.model import NUM_EXITS
 
 __all__ = ["Report", "compare_markdown", "evaluate", "time_per_sample"]
 
@@ -59,20 +58,20 @@ class Report:
     Attributes:
         name: the model's row label ("Baseline" for λ = 0, else "EGT (λ = ...)").
         num_samples: test samples.
-        thresholds: the cascade's 5 thresholds (the last is ignored).
+        thresholds: the cascade's K thresholds (the last is ignored).
         criterion: the exit criterion.
         consistency_weight: the model's λ.
-        widths: the model's channel widths.
-        exit_accuracy: accuracy of each of the 5 exits alone.
-        consistency: Table I consistency of exits 1-4 with exit 5.
+        widths: the model's channel widths (`EarlyExitCNN`; None for other models).
+        exit_accuracy: accuracy of each of the K exits alone.
+        consistency: Table I consistency of the K-1 early exits with the final exit.
         consistency_avg: their mean (Table I "Avg").
         chance_consistency: the same with shuffled pairing (chance floor).
         chance_consistency_avg: its mean.
         accuracy: the cascade's accuracy (Table I "Overall Acc.", Table II "With
             Early Exit").
-        final_accuracy: exit 5's accuracy (Table II "Without Early Exit").
+        final_accuracy: the final exit's accuracy (Table II "Without Early Exit").
         exit_shares: fraction of samples leaving at each exit.
-        exit_macs: MACs of leaving at each exit (blocks and heads 1..k).
+        exit_macs: MACs of leaving at each exit (stages and heads 1..k).
         final_only_macs: MACs without early exit.
         average_macs: the cascade's mean MACs per sample.
         mac_speedup: `final_only_macs / average_macs`.
@@ -88,7 +87,7 @@ class Report:
     thresholds: list
     criterion: str
     consistency_weight: float
-    widths: list
+    widths: list  # None for models other than EarlyExitCNN
     exit_accuracy: list
     consistency: list
     consistency_avg: float
@@ -145,10 +144,10 @@ class Report:
             "",
             "Per exit:",
             "",
-            "| | Exit 1 | Exit 2 | Exit 3 | Exit 4 | Exit 5 |",
-            "|---|---|---|---|---|---|",
+            "| | " + " | ".join(_exit_names(len(self.exit_accuracy))) + " |",
+            "|---|" + "---|" * len(self.exit_accuracy),
             "| Accuracy (%) | " + " | ".join(_pct(a) for a in self.exit_accuracy) + " |",
-            "| Consistency with exit 5 | " + " | ".join(_f3(c) for c in self.consistency)
+            f"| Consistency with exit {len(self.exit_accuracy)} | " + " | ".join(_f3(c) for c in self.consistency)
             + " | |",
             "| Chance floor (shuffled pairs) | "
             + " | ".join(_f3(c) for c in self.chance_consistency) + " | |",
@@ -231,24 +230,30 @@ def _macs(v):
     return f"{v:.0f}"
 
 
+def _exit_names(count):
+    return [f"Exit {k + 1}" for k in range(count)]
+
+
 def _fmt_thresholds(t):
-    early = [float(v) for v in t[: NUM_EXITS - 1]]
+    early = [float(v) for v in t[:-1]]
     if len(set(early)) == 1:
         return f"{early[0]:g}"
     return "[" + ", ".join(f"{v:.3g}" for v in early) + "]"
 
 
 def _table_one(reports):
+    early = max(len(r.consistency) for r in reports)
     rows = [
-        "Table I: attention consistency (cosine with exit 5 after bilinear resize, mean "
-        "over samples); chance floor: the same between different samples.",
+        "Table I: attention consistency (cosine with the final exit after bilinear resize, "
+        "mean over samples); chance floor: the same between different samples.",
         "",
-        "| Model | Exit 1 | Exit 2 | Exit 3 | Exit 4 | Avg | Overall Acc. (%) | Chance Avg |",
-        "|---|---|---|---|---|---|---|---|",
+        "| Model | " + " | ".join(_exit_names(early)) + " | Avg | Overall Acc. (%) | Chance Avg |",
+        "|---|" + "---|" * (early + 3),
     ]
     for r in reports:
         rows.append(
             f"| {r.name} | " + " | ".join(_f3(c) for c in r.consistency)
+            + " | –" * (early - len(r.consistency))
             + f" | {_f3(r.consistency_avg)} | {_pct(r.accuracy)} | {_f3(r.chance_consistency_avg)} |"
         )
     return "\n".join(rows)
@@ -276,7 +281,7 @@ def _table_two(reports):
 
 def _cost_table(reports):
     rows = [
-        "Cost (MACs per sample; speedups against exit 5 without early exit; oracle: every "
+        "Cost (MACs per sample; speedups against the final exit without early exit; oracle: every "
         "sample leaves at its earliest correct exit):",
         "",
         "| Model | Threshold | MACs without EE | Avg MACs with EE | MAC speedup "
@@ -324,29 +329,29 @@ def _sync(tensor):
 
 
 def _timed_paths(model, thresholds, criterion, compiled):
-    blocks, heads = model.blocks, model.heads
+    last = model.num_exits - 1
 
-    def stage(k):
+    def segment(k):
         def fn(h):
-            h = blocks[k](h, training=False)
-            return h, heads[k](h)
+            h = model.stages[k](h, training=False)
+            return h, model.heads[k](h)
 
         return metrics.compile_inference(fn) if compiled else fn
 
     def full_fn(h):
-        for block in blocks:
-            h = block(h, training=False)
-        return heads[-1](h)
+        for stage in model.stages:
+            h = stage(h, training=False)
+        return model.heads[-1](h)
 
-    stages = [stage(k) for k in range(NUM_EXITS)]
+    stages = [segment(k) for k in range(model.num_exits)]
     full = metrics.compile_inference(full_fn) if compiled else full_fn
 
     def with_early_exit(sample):
         h = ops.convert_to_tensor(sample, dtype=model.compute_dtype)
-        for k in range(NUM_EXITS):
+        for k in range(model.num_exits):
             h, logits = stages[k](h)
             p = metrics.softmax(logits)  # reads the value: waits for the computation
-            if k == NUM_EXITS - 1 or egt_cascade.should_exit(p, thresholds[k], criterion)[0]:
+            if k == last or egt_cascade.should_exit(p, thresholds[k], criterion)[0]:
                 return k, int(np.argmax(p[0]))
 
     def without_early_exit(sample):
@@ -356,8 +361,8 @@ def _timed_paths(model, thresholds, criterion, compiled):
     def every_stage(sample):
         # Warm-up: traces and runs every segment, whichever exit the sample would take.
         h = ops.convert_to_tensor(sample, dtype=model.compute_dtype)
-        for k in range(NUM_EXITS):
-            h, logits = stages[k](h)
+        for stage in stages:
+            h, logits = stage(h)
             ops.convert_to_numpy(logits)
 
     return with_early_exit, without_early_exit, every_stage
@@ -368,13 +373,13 @@ def time_per_sample(model, x, threshold=0.9, criterion=None,
     """Batch-1 wall-clock ms per sample with and without early exit.
 
     See the module docstring for the protocol. With `compiled=True` each exit segment
-    (block k + head k) and the no-early-exit path (blocks 1-5 + head 5) run as one
+    (stage k + head k) and the no-early-exit path (every stage + the final head) run as one
     compiled function (`tf.function` / `jax.jit`; PyTorch eager under `no_grad`), as an
     edge runtime runs one model per segment; `compiled=False` calls the Keras layers
     eagerly one by one.
 
     Args:
-        model: an `EarlyExitCNN`.
+        model: an `EarlyExitModel` (e.g. an `EarlyExitCNN`).
         x: inputs; the first `samples` are timed (after `warmup` untimed ones).
         threshold: the cascade's threshold(s).
         criterion: the exit criterion (None: as for `Cascade`).
@@ -416,7 +421,7 @@ def time_per_sample(model, x, threshold=0.9, criterion=None,
             else:
                 without_early_exit(sample)
                 full.append(clock() - start)
-    shares = np.bincount(exits, minlength=NUM_EXITS) / count
+    shares = egt_cascade.exit_shares(exits, model.num_exits)
     mean_early, mean_full = float(np.mean(early)), float(np.mean(full))
     return {
         "samples": count,
@@ -428,7 +433,7 @@ def time_per_sample(model, x, threshold=0.9, criterion=None,
         "ms_without_early_exit_median": 1e3 * float(np.median(full)),
         "backend": keras.backend.backend(),
         "compiled": bool(compiled),
-        "timed_exit_shares": [float(s) for s in shares],
+        "timed_exit_shares": shares,
     }
 
 
@@ -444,7 +449,7 @@ def evaluate(model, x, y, threshold=0.9, criterion=None, timing=True,
     """Evaluates an early-exit model the way the paper does (Tables I and II) and more.
 
     Args:
-        model: an `EarlyExitCNN`.
+        model: an `EarlyExitModel` (e.g. an `EarlyExitCNN`).
         x: test inputs `(n, H, W, C)`, n >= 2.
         y: integer labels `(n,)`.
         threshold: the cascade's threshold, one number or one per exit (e.g. from
@@ -481,7 +486,7 @@ def evaluate(model, x, y, threshold=0.9, criterion=None, timing=True,
     final_macs = int(costs.final_only_macs(model))
 
     labels, exits = cascade.decide(outputs.probabilities)
-    shares = np.bincount(exits, minlength=NUM_EXITS) / len(y)
+    shares = egt_cascade.exit_shares(exits, model.num_exits)
     average = float(np.mean(np.asarray(exit_macs, np.float64)[exits]))
     oracle = egt_cascade.oracle_exits(correct)
     oracle_macs = float(np.mean(np.asarray(exit_macs, np.float64)[oracle]))
@@ -491,7 +496,7 @@ def evaluate(model, x, y, threshold=0.9, criterion=None, timing=True,
         thresholds=[float(t) for t in cascade.thresholds],
         criterion=criterion,
         consistency_weight=float(getattr(model, "consistency_weight", 0.0)),
-        widths=[int(w) for w in model.widths],
+        widths=[int(w) for w in model.widths] if hasattr(model, "widths") else None,
         exit_accuracy=metrics.exit_accuracies(outputs, y),
         consistency=consistency,
         consistency_avg=float(np.mean(consistency)),
@@ -499,7 +504,7 @@ def evaluate(model, x, y, threshold=0.9, criterion=None, timing=True,
         chance_consistency_avg=float(np.mean(chance)),
         accuracy=float(np.mean(labels == y)),
         final_accuracy=float(correct[-1].mean()),
-        exit_shares=[float(s) for s in shares],
+        exit_shares=shares,
         exit_macs=exit_macs,
         final_only_macs=final_macs,
         average_macs=average,
@@ -508,7 +513,7 @@ def evaluate(model, x, y, threshold=0.9, criterion=None, timing=True,
             "accuracy": float(correct[oracle, rows].mean()),
             "average_macs": oracle_macs,
             "speedup": final_macs / oracle_macs,
-            "exit_shares": [float(s) for s in np.bincount(oracle, minlength=NUM_EXITS) / len(y)],
+            "exit_shares": egt_cascade.exit_shares(oracle, model.num_exits),
         },
         mac_ratio_to_oracle=average / oracle_macs,
         curve=egt_cascade.threshold_curve(outputs.probabilities, y, exit_macs, final_macs,

@@ -48,9 +48,15 @@ class ConvBlock(keras.layers.Layer):
         self.pool = bool(pool)
         self.batch_norm_momentum = float(batch_norm_momentum)
         # No conv bias: batch norm's beta plays that role (and folds away at export).
-        self.conv = keras.layers.Conv2D(self.filters, 3, padding="same", use_bias=False, name="conv")
-        self.bn = keras.layers.BatchNormalization(momentum=self.batch_norm_momentum, name="bn")
-        self.pooling = keras.layers.MaxPooling2D(2, name="pool") if self.pool else None
+        self.conv = keras.layers.Conv2D(
+            self.filters, 3, padding="same", use_bias=False, dtype=self.dtype_policy, name="conv"
+        )
+        self.bn = keras.layers.BatchNormalization(
+            momentum=self.batch_norm_momentum, dtype=self.dtype_policy, name="bn"
+        )
+        self.pooling = (
+            keras.layers.MaxPooling2D(2, dtype=self.dtype_policy, name="pool") if self.pool else None
+        )
 
     def build(self, input_shape):
         self.conv.build(input_shape)
@@ -116,8 +122,10 @@ class SpatialAttention(keras.layers.Layer):
     def build(self, input_shape):
         channels = input_shape[-1]
         hidden = self.hidden_channels or max(8, channels // 8)
-        self.reduce = keras.layers.Conv2D(hidden, 1, name="reduce")
-        self.score = keras.layers.Conv2D(1, 3, padding="same", name="score")
+        self.reduce = keras.layers.Conv2D(hidden, 1, dtype=self.dtype_policy, name="reduce")
+        self.score = keras.layers.Conv2D(
+            1, 3, padding="same", dtype=self.dtype_policy, name="score"
+        )
         self.reduce.build(input_shape)
         self.score.build(tuple(input_shape[:-1]) + (hidden,))
         self.built = True
@@ -169,8 +177,12 @@ class ExitHead(keras.layers.Layer):
         self.grid = int(grid)
         if self.grid < 1:
             raise ValueError(f"grid must be >= 1, got {grid}.")
-        self.attention = SpatialAttention(hidden_channels, name="attention")
-        self.classifier = keras.layers.Dense(self.num_classes, name="classifier")
+        self.attention = SpatialAttention(
+            hidden_channels, dtype=self.dtype_policy, name="attention"
+        )
+        self.classifier = keras.layers.Dense(
+            self.num_classes, dtype=self.dtype_policy, name="classifier"
+        )
 
     def pool_size(self, input_shape):
         """The average-pooling window for features of `input_shape`."""

@@ -1,16 +1,16 @@
 """Evaluation metrics of an early-exit model on a data set: the paper's Table I figures.
 
-* **Attention consistency** of early exit k (k = 1..4): the mean over samples of
-  `cos(vec(resize(A_k)), vec(A_5))`, where `A_k` is exit k's spatial attention map
-  and `resize` the antialiased bilinear resize to `A_5`'s size
-  (`keras_egt.losses.attention_consistency`). "Avg" is the mean of the four.
+* **Attention consistency** of early exit k (k = 1..K-1): the mean over samples of
+  `cos(vec(resize(A_k)), vec(A_K))`, where `A_k` is exit k's spatial attention map
+  and `resize` the antialiased bilinear resize to the final map `A_K`'s size
+  (`keras_egt.losses.attention_consistency`). "Avg" is the mean over early exits.
 * **Chance floor**: the same metric with the pairing shuffled between samples,
   `cos(resize(A_k[i]), A_5[π(i)])` for a seeded random derangement π (π(i) ≠ i).
   It is what consistency would be if the early exit looked at the right *kind*
   of place but not at this sample's: EGT's gain is the distance above it.
 * **Accuracy of every exit** (top-1).
 
-Everything runs in batches, so large sets fit in memory: per sample only the five
+Everything runs in batches, so large sets fit in memory: per sample only the K
 exits' probabilities and the maps resized to the final map's size are kept.
 """
 
@@ -20,7 +20,6 @@ from keras import ops
 
 from keras_egt import losses
 from keras_egt.checks import check_inputs, check_labels
-from keras_egt.model import NUM_EXITS
 
 __all__ = [
     "ExitOutputs",
@@ -71,9 +70,9 @@ class ExitOutputs:
     """What one inference pass over a data set keeps: probabilities and resized maps.
 
     Attributes:
-        probabilities: float64 array `(5, n, num_classes)`, exit k's softmax in row k-1.
-        maps: float32 array `(5, n, H_5, W_5)`: every exit's attention map resized to
-            the final map's size (the final map itself in row 4), or None when not
+        probabilities: float64 array `(K, n, num_classes)`, exit k's softmax in row k-1.
+        maps: float32 array `(K, n, H_K, W_K)`: every exit's attention map resized to
+            the final map's size (the final map itself in the last row), or None when not
             requested.
     """
 
@@ -83,11 +82,11 @@ class ExitOutputs:
 
     @property
     def predictions(self):
-        """Int array `(5, n)`: every exit's predicted class."""
+        """Int array `(K, n)`: every exit's predicted class."""
         return np.argmax(self.probabilities, axis=-1)
 
     def correct(self, y):
-        """Bool array `(5, n)`: whether exit k got sample i right."""
+        """Bool array `(K, n)`: whether exit k got sample i right."""
         return self.predictions == np.asarray(y).reshape(1, -1)
 
 
@@ -125,11 +124,11 @@ def compile_inference(fn):
 
 
 def _run_exits(model, x, with_maps):
-    """Runs the model block by block on one batch: logits (and maps) of the five exits."""
+    """Runs the model stage by stage on one batch: logits (and maps) of every exit."""
     h = ops.convert_to_tensor(x, dtype=model.compute_dtype)
     logits, maps = [], []
-    for block, head in zip(model.blocks, model.heads):
-        h = block(h, training=False)
+    for stage, head in zip(model.stages, model.heads):
+        h = stage(h, training=False)
         if with_maps:
             out, attention = head(h, return_attention=True)
             maps.append(attention)
@@ -146,7 +145,7 @@ def exit_outputs(model, x, batch_size=DEFAULT_BATCH_SIZE, maps=True):
     padded to the same size so that it is traced once.
 
     Args:
-        model: an `EarlyExitCNN`.
+        model: an `EarlyExitModel`.
         x: inputs `(n, H, W, C)`.
         batch_size: samples per forward pass.
         maps: also keep the attention maps, resized to the final map's size.
@@ -156,7 +155,7 @@ def exit_outputs(model, x, batch_size=DEFAULT_BATCH_SIZE, maps=True):
 
     Example:
     >>> out = exit_outputs(model, x_test)
-    >>> out.probabilities.shape       # (5, n, num_classes)
+    >>> out.probabilities.shape       # (K, n, num_classes)
     """
     x = np.asarray(x)
     check_inputs(x, model.image_shape, "x")
@@ -171,7 +170,7 @@ def exit_outputs(model, x, batch_size=DEFAULT_BATCH_SIZE, maps=True):
         return logits, [losses.resize_map(m, size) for m in raw]
 
     step = compile_inference(step)
-    probabilities = np.zeros((NUM_EXITS, n, model.num_classes), np.float64)
+    probabilities = np.zeros((model.num_exits, n, model.num_classes), np.float64)
     resized = None
     for part in batches(n, batch_size):
         chunk = x[part]
@@ -184,14 +183,14 @@ def exit_outputs(model, x, batch_size=DEFAULT_BATCH_SIZE, maps=True):
             probabilities[k, part] = softmax(ops.convert_to_numpy(out)[:count])
         if maps:
             if resized is None:
-                resized = np.zeros((NUM_EXITS, n) + tuple(batch_maps[-1].shape[1:3]), np.float32)
+                resized = np.zeros((model.num_exits, n) + tuple(batch_maps[-1].shape[1:3]), np.float32)
             for k, m in enumerate(batch_maps):
                 resized[k, part] = ops.convert_to_numpy(m)[:count, ..., 0]
     return ExitOutputs(probabilities, resized)
 
 
 def exit_probabilities(model, x, batch_size=DEFAULT_BATCH_SIZE):
-    """The five exits' softmax probabilities, float64 array `(5, n, num_classes)`.
+    """Every exit's softmax probabilities, float64 array `(K, n, num_classes)`.
 
     Example:
     >>> p = exit_probabilities(model, x_val)
@@ -203,7 +202,7 @@ def exit_accuracies(outputs_or_probabilities, y):
     """Top-1 accuracy of every exit, as fractions.
 
     Args:
-        outputs_or_probabilities: an `ExitOutputs` or an array `(5, n, C)`.
+        outputs_or_probabilities: an `ExitOutputs` or an array `(K, n, C)`.
         y: integer labels `(n,)`.
 
     Returns:
@@ -242,21 +241,21 @@ def _consistency(resized_early, final):
 
 
 def attention_consistency(outputs_or_maps, per_sample=False):
-    """The paper's Table I consistency of exits 1-4 with exit 5.
+    """The paper's Table I consistency of every early exit with the final exit.
 
     Args:
-        outputs_or_maps: an `ExitOutputs`, the list of 5 maps returned by
-            `model.attention_maps(x)`, or an array `(5, n, H_5, W_5)` of maps already
+        outputs_or_maps: an `ExitOutputs`, the list of K maps returned by
+            `model.attention_maps(x)`, or an array `(K, n, H_K, W_K)` of maps already
             resized to the final map's size.
         per_sample: return the per-sample cosines instead of their means.
 
     Returns:
-        A list of 4 floats (mean cosine of exit k's resized map with the final map),
-        or with `per_sample=True` an array `(4, n)`.
+        A list of K-1 floats (mean cosine of exit k's resized map with the final
+        map), or with `per_sample=True` an array `(K-1, n)`.
 
     Example:
     >>> c = attention_consistency(exit_outputs(model, x_test))
-    >>> avg = sum(c) / 4                                  # Table I "Avg"
+    >>> avg = sum(c) / len(c)                             # Table I "Avg"
     """
     maps = _maps_of(outputs_or_maps)
     scores = np.stack([_consistency(maps[k], maps[-1]) for k in range(len(maps) - 1)])
@@ -291,7 +290,7 @@ def chance_consistency(outputs_or_maps, seed=0, per_sample=False):
         per_sample: return the per-sample cosines instead of their means.
 
     Returns:
-        A list of 4 floats, or an array `(4, n)` with `per_sample=True`.
+        A list of K-1 floats, or an array `(K-1, n)` with `per_sample=True`.
 
     Example:
     >>> floor = chance_consistency(exit_outputs(model, x_test))

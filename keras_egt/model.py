@@ -1,4 +1,4 @@
-"""The early-exit CNN trained with Explanation-Guided Training."""
+"""`EarlyExitModel`: any Keras backbone with an attention exit at chosen layers, trained with EGT."""
 
 import math
 
@@ -6,168 +6,142 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_egt import callbacks as egt_callbacks
 from keras_egt import layers as egt_layers
 from keras_egt.checks import check_inputs, check_labels
 from keras_egt.losses import exit_consistencies
-
-WIDTH_PRESETS = {
-    # The paper's backbone.
-    "paper": (64, 128, 256, 512, 512),
-    # Fits a Cortex-M4F-class part (nRF52840: 1 MB flash, 256 KB SRAM) as five
-    # int8 segments: ~70 KiB of weights, the largest TFLM arena well under 64 KiB.
-    "micro": (8, 16, 32, 64, 64),
-}
-NUM_EXITS = 5
-MIN_SPATIAL_SIZE = 32
-
-
-def resolve_widths(widths):
-    """Turns a preset name or a tuple into five channel widths.
-
-    Args:
-        widths: `"paper"`, `"micro"` or a sequence of 5 positive ints.
-
-    Returns:
-        A tuple of 5 ints.
-
-    Example:
-    >>> resolve_widths("micro")
-    (8, 16, 32, 64, 64)
-    """
-    if isinstance(widths, str):
-        if widths not in WIDTH_PRESETS:
-            raise ValueError(
-                f"Unknown widths preset {widths!r}; use one of {sorted(WIDTH_PRESETS)} "
-                "or a tuple of 5 channel counts."
-            )
-        return WIDTH_PRESETS[widths]
-    widths = tuple(int(w) for w in widths)
-    if len(widths) != NUM_EXITS or min(widths) < 1:
-        raise ValueError(
-            f"widths must be 5 positive channel counts (one per block), got {widths}."
-        )
-    return widths
+from keras_egt.stages import split_backbone
 
 
 @keras.saving.register_keras_serializable(package="keras_egt")
-class EarlyExitCNN(keras.Model):
-    """Five-block CNN with an attention exit after every block, trained with EGT.
+class EarlyExitModel(keras.Model):
+    """An early-exit network: a backbone cut at `exit_layers`, an `ExitHead` after each cut.
 
-    Block k is a 3x3 conv, batch norm and ReLU, followed by 2x2 max pooling for
-    blocks 1-4, so the final exit's attention map is input/16 (4x4 at 64x64).
-    Every block feeds an `ExitHead` (spatial attention + attention-gated pooling +
-    dense). Calling the model returns the five exits' logits, first to last.
+    The backbone runs stage by stage (`keras_egt.stages.split_backbone`): stage k ends
+    at exit layer k, and exit head k (spatial attention, attention-gated pooling,
+    dense) classifies from that feature map. Calling the model returns the K exits'
+    logits, first to last; the last exit layer is the final exit.
 
     The training loss is `sum_k w_k * loss(y, logits_k) + λ * L_cons`, where
-    `L_cons` (see `keras_egt.losses.consistency_loss`) pulls every early exit's
+    `L_cons` (`keras_egt.losses.consistency_loss`) pulls every early exit's
     attention map towards the final one. It is added with `add_loss` only when
-    λ > 0, so λ = 0 is exactly the baseline. The unweighted consistency is
-    tracked either way: metrics `consistency_loss` (1 - average cosine),
-    `consistency` (the average cosine of exits 1-4 with exit 5, the paper's Table I
-    "Avg") and `exit_k_consistency` for k = 1..4.
+    λ > 0, so λ = 0 is exactly the baseline. The unweighted consistency is tracked
+    either way: metrics `consistency_loss` (1 - average cosine), `consistency` (the
+    average cosine of the early exits with the final one, the paper's Table I
+    "Avg") and `exit_k_consistency` for k = 1..K-1. The `fit` progress bar shows the
+    loss, the consistency and the final exit's accuracy; `history` holds every
+    metric.
 
     Args:
+        backbone: a built Functional or Sequential Keras model with one image input
+            of known `(H, W, C)`, e.g. `keras.applications.MobileNetV2(...,
+            include_top=False)`.
+        exit_layers: names (or layers) of the backbone layers that end each stage,
+            first to last (at least 2). Each must output a 4-D feature map, and no
+            skip connection may cross it (see `split_backbone`).
         num_classes: number of classes.
-        input_shape: `(height, width, channels)`, height and width >= 32.
-        widths: `"paper"` (64, 128, 256, 512, 512), `"micro"` or 5 ints.
         consistency_weight: λ >= 0.
-        exit_weights: 5 per-exit classification-loss weights (default 1 each),
-            used as `loss_weights` unless `compile` is given its own.
+        exit_weights: K per-exit classification-loss weights (default 1 each), used
+            as `loss_weights` unless `compile` is given its own.
         stop_gradient_target: whether the final map is a fixed target of the
             consistency loss (see `consistency_loss`).
-        batch_norm_momentum: momentum of the blocks' moving statistics.
         attention_hidden_channels: hidden width of every attention module
             (`None`: `max(8, C // 8)`).
+        head_grid: cells per side of the heads' pooled grid (see `ExitHead`).
+        **kwargs: `keras.Model` arguments (`name`, `dtype`, e.g.
+            `dtype="mixed_bfloat16"`).
 
     Example:
-    >>> model = EarlyExitCNN(num_classes=9, input_shape=(64, 64, 2), consistency_weight=0.3)
+    >>> backbone = keras.applications.MobileNetV2(
+    ...     input_shape=(64, 64, 2), alpha=0.35, weights=None, include_top=False)
+    >>> model = EarlyExitModel(backbone, ["block_2_add", "block_5_add", "block_12_add",
+    ...                                   "out_relu"], num_classes=9)
     >>> model.compile(optimizer="adam", metrics=["accuracy"])
     >>> model.fit(x_train, y_train, epochs=50)
-    >>> logits = model(x)                    # five (batch, 9) tensors
-    >>> maps = model.attention_maps(x)       # five (batch, H_k, W_k, 1) maps
+    >>> logits = model(x)                    # four (batch, 9) tensors
+    >>> maps = model.attention_maps(x)       # four (batch, H_k, W_k, 1) maps
     """
 
     def __init__(
         self,
+        backbone,
+        exit_layers,
         num_classes,
-        input_shape,
-        widths="paper",
         consistency_weight=0.3,
         exit_weights=None,
         stop_gradient_target=True,
-        batch_norm_momentum=egt_layers.BATCH_NORM_MOMENTUM,
         attention_hidden_channels=None,
+        head_grid=4,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if int(num_classes) < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
-        input_shape = tuple(input_shape)
-        if len(input_shape) != 3:
+        stages = split_backbone(backbone, exit_layers)
+        num_exits = len(stages)
+        image_shape = tuple(backbone.inputs[0].shape[1:])
+        if len(image_shape) != 3 or any(d is None for d in image_shape):
             raise ValueError(
-                f"input_shape must be (height, width, channels), got {input_shape}."
+                f"The backbone's input must have a known (height, width, channels); got "
+                f"{image_shape}. Build it with input_shape=(H, W, C)."
             )
-        if min(input_shape[:2]) < MIN_SPATIAL_SIZE or input_shape[2] < 1:
-            raise ValueError(
-                f"input_shape {input_shape} is too small: height and width must be >= "
-                f"{MIN_SPATIAL_SIZE} (four 2x2 poolings) and channels >= 1. Resize or "
-                "pad the inputs."
-            )
+        if int(num_classes) != num_classes or int(num_classes) < 2:
+            raise ValueError(f"num_classes must be a whole number >= 2, got {num_classes}.")
         consistency_weight = float(consistency_weight)
         if not math.isfinite(consistency_weight) or consistency_weight < 0:
             raise ValueError(
                 f"consistency_weight (λ) must be a finite number >= 0, got {consistency_weight}."
             )
-        exit_weights = (1.0,) * NUM_EXITS if exit_weights is None else tuple(
+        exit_weights = (1.0,) * num_exits if exit_weights is None else tuple(
             float(w) for w in exit_weights
         )
-        if len(exit_weights) != NUM_EXITS or min(exit_weights) < 0:
-            raise ValueError(f"exit_weights must be 5 numbers >= 0, got {exit_weights}.")
+        if len(exit_weights) != num_exits or not all(
+            math.isfinite(w) and w >= 0 for w in exit_weights
+        ):
+            raise ValueError(
+                f"exit_weights must be {num_exits} finite numbers >= 0 (one per exit), "
+                f"got {exit_weights}."
+            )
 
+        self.backbone = backbone
+        self.exit_layers = [stage.output._keras_history.operation.name for stage in stages]
+        self.stages = stages
+        self.num_exits = num_exits
         self.num_classes = int(num_classes)
-        self.image_shape = tuple(int(d) for d in input_shape)
-        self.widths = resolve_widths(widths)
-        self._widths_arg = widths if isinstance(widths, str) else self.widths
+        self.image_shape = tuple(int(d) for d in image_shape)
         self.consistency_weight = consistency_weight
         self.exit_weights = exit_weights
         self.stop_gradient_target = bool(stop_gradient_target)
-        self.batch_norm_momentum = float(batch_norm_momentum)
         self.attention_hidden_channels = attention_hidden_channels
-        self.output_names = [f"exit_{k + 1}" for k in range(NUM_EXITS)]
-
-        self.blocks = [
-            egt_layers.ConvBlock(
-                w, pool=k < NUM_EXITS - 1, batch_norm_momentum=self.batch_norm_momentum,
-                name=f"block_{k + 1}",
-            )
-            for k, w in enumerate(self.widths)
-        ]
+        self.head_grid = int(head_grid)
+        self.output_names = [f"exit_{k + 1}" for k in range(num_exits)]
         self.heads = [
             egt_layers.ExitHead(
-                self.num_classes, attention_hidden_channels, name=f"exit_{k + 1}"
+                self.num_classes, attention_hidden_channels, grid=self.head_grid,
+                dtype=self.dtype_policy, name=f"exit_{k + 1}",
             )
-            for k in range(NUM_EXITS)
+            for k in range(num_exits)
         ]
         # Validation values of these (val_consistency, val_exit_k_consistency) are
         # the paper's Table I figures, so KerasTuner can rank trials by them.
         self.consistency_loss_tracker = keras.metrics.Mean(name="consistency_loss")
         self.consistency_tracker = keras.metrics.Mean(name="consistency")
         self.exit_consistency_trackers = [
-            keras.metrics.Mean(name=f"exit_{k + 1}_consistency") for k in range(NUM_EXITS - 1)
+            keras.metrics.Mean(name=f"exit_{k + 1}_consistency") for k in range(num_exits - 1)
         ]
         self._consistency = None
         self.build((None,) + self.image_shape)
+
+    @property
+    def feature_shapes(self):
+        """The `(H, W, C)` feature map at every exit layer, first to last."""
+        return [tuple(int(d) for d in stage.output.shape[1:]) for stage in self.stages]
 
     def build(self, input_shape):
         if self.built:
             # Built in __init__ already; a later call (e.g. `build_from_config` when
             # KerasTuner's Hyperband reloads a trial) must not rebuild the layers.
             return
-        shape = tuple(input_shape)
-        for block, head in zip(self.blocks, self.heads):
-            block.build(shape)
-            shape = block.compute_output_shape(shape)
-            head.build(shape)
+        for head, shape in zip(self.heads, self.feature_shapes):
+            head.build((None,) + shape)
         self.built = True
 
     def _check_rank(self, inputs):
@@ -176,20 +150,21 @@ class EarlyExitCNN(keras.Model):
             d is not None and d != e for d, e in zip(shape[1:], self.image_shape)
         ):
             raise ValueError(
-                f"EarlyExitCNN expects inputs of shape (batch,) + {self.image_shape} (its "
-                f"input_shape), got {shape}. Add a batch axis, or resize the inputs to "
-                "the size the model was built for."
+                f"{type(self).__name__} expects inputs of shape (batch,) + "
+                f"{self.image_shape} (its input_shape), got {shape}. Add a batch axis, "
+                "or resize the inputs to the size the model was built for."
             )
 
     def _forward(self, inputs, training=None):
         self._check_rank(inputs)
         x = inputs
         logits, maps = [], []
-        for block, head in zip(self.blocks, self.heads):
-            x = block(x, training=training)
+        for stage, head in zip(self.stages, self.heads):
+            x = stage(x, training=training)
             out, attention = head(x, return_attention=True)
-            logits.append(out)
-            maps.append(attention)
+            # Losses and softmaxes in float32, also under a mixed precision policy.
+            logits.append(ops.cast(out, "float32"))
+            maps.append(ops.cast(attention, "float32"))
         return logits, maps
 
     def call(self, inputs, training=None):
@@ -204,14 +179,14 @@ class EarlyExitCNN(keras.Model):
         return logits
 
     def attention_maps(self, x, training=False):
-        """Returns the five exits' spatial attention maps (each sums to 1 over H x W).
+        """Returns every exit's spatial attention map (each sums to 1 over H x W).
 
         Args:
             x: inputs `(batch, H, W, C)`.
             training: run batch norm in training mode.
 
         Returns:
-            A list of 5 tensors `(batch, H_k, W_k, 1)`, first exit first.
+            A list of K float32 tensors `(batch, H_k, W_k, 1)`, first exit first.
 
         Example:
         >>> maps = model.attention_maps(x[:8])
@@ -227,7 +202,7 @@ class EarlyExitCNN(keras.Model):
         Args:
             optimizer: as `keras.Model.compile`.
             loss: a loss for every exit (default sparse categorical cross-entropy
-                on logits), or a list of 5.
+                on logits), or a list of K.
             loss_weights: per-exit weights; defaults to the model's `exit_weights`.
             metrics: a list applied to every exit (reported as `exit_k_<name>`),
                 or a dict keyed by `exit_k`.
@@ -236,7 +211,7 @@ class EarlyExitCNN(keras.Model):
         if loss is None:
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         if not isinstance(loss, (list, tuple, dict)):
-            loss = [loss] * NUM_EXITS
+            loss = [loss] * self.num_exits
         if loss_weights is None:
             loss_weights = list(self.exit_weights)
         if metrics is not None and not isinstance(metrics, dict):
@@ -260,7 +235,7 @@ class EarlyExitCNN(keras.Model):
     def _per_exit(self, value):
         if value is None or isinstance(value, (list, tuple, dict)):
             return value
-        return [value] * NUM_EXITS
+        return [value] * self.num_exits
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         loss = super().compute_loss(
@@ -281,18 +256,26 @@ class EarlyExitCNN(keras.Model):
             x, self._per_exit(y), y_pred, self._per_exit(sample_weight)
         )
 
-    def fit(self, x=None, y=None, validation_data=None, **kwargs):
+    def fit(self, x=None, y=None, validation_data=None, callbacks=None, verbose="auto",
+            **kwargs):
         """`keras.Model.fit`, after checking the data so bad input fails before any step.
 
         Numpy inputs are checked whole; a `tf.data.Dataset` or `PyDataset` by its
-        first batch.
+        first batch. Unless `callbacks` holds a `keras.callbacks.ProgbarLogger`, the
+        progress bar shows `egt.callbacks.CompactProgbar`'s few metrics.
         """
         self._check_data(x, y, "x")
         if validation_data is not None and not _is_dataset(validation_data):
             self._check_data(validation_data[0], validation_data[1], "validation_data")
         elif validation_data is not None:
             self._check_data(validation_data, None, "validation_data")
-        return super().fit(x, y, validation_data=validation_data, **kwargs)
+        callbacks = list(callbacks or [])
+        if verbose != 0 and not any(
+            isinstance(c, keras.callbacks.ProgbarLogger) for c in callbacks
+        ):
+            callbacks.append(egt_callbacks.CompactProgbar(self.num_exits))
+        return super().fit(x, y, validation_data=validation_data, callbacks=callbacks,
+                           verbose=verbose, **kwargs)
 
     def evaluate(self, x=None, y=None, **kwargs):
         self._check_data(x, y, "x")
@@ -310,21 +293,22 @@ class EarlyExitCNN(keras.Model):
     def get_config(self):
         config = super().get_config()
         config.update(
+            backbone=keras.saving.serialize_keras_object(self.backbone),
+            exit_layers=list(self.exit_layers),
             num_classes=self.num_classes,
-            input_shape=self.image_shape,
-            widths=self._widths_arg,
             consistency_weight=self.consistency_weight,
             exit_weights=self.exit_weights,
             stop_gradient_target=self.stop_gradient_target,
-            batch_norm_momentum=self.batch_norm_momentum,
             attention_hidden_channels=self.attention_hidden_channels,
+            head_grid=self.head_grid,
         )
         return config
 
     @classmethod
     def from_config(cls, config):
-        if isinstance(config.get("widths"), list):
-            config["widths"] = tuple(config["widths"])
+        config = dict(config)
+        if isinstance(config.get("backbone"), dict):
+            config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         return cls(**config)
 
 

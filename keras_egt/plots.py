@@ -1,7 +1,7 @@
 """Explanations and figures as PNG files (matplotlib, Agg backend, imported lazily).
 
-* `attention_grid`: inputs with the five exits' attention maps overlaid, one row per
-  sample (what each exit looks at, and whether it agrees with exit 5).
+* `attention_grid`: inputs with every exit's attention map overlaid, one row per
+  sample (what each exit looks at, and whether it agrees with the final exit).
 * `consistency_bars`: per-exit consistency of several models (baseline vs EGT), with
   each model's chance floor.
 * `exit_histogram`: where samples leave the cascade (and where the oracle would).
@@ -19,7 +19,6 @@ from keras import ops
 
 from keras_egt import metrics
 from keras_egt.checks import check_inputs
-from keras_egt.model import NUM_EXITS
 
 __all__ = ["attention_grid", "consistency_bars", "exit_histogram", "pareto_plot", "speedup_curve"]
 
@@ -62,7 +61,7 @@ def attention_grid(model, x, path, y=None, class_names=None, channel=0):
     Row i shows sample i: its input (one channel, grey) and then, for exits 1-5, the
     input with that exit's map (bilinearly upsampled, scaled to its own maximum)
     overlaid, titled with the exit's prediction and, for exits 1-4, the cosine of
-    its map with exit 5's (the Table I metric for this one sample).
+    its map with the final exit's (the Table I metric for this one sample).
 
     Args:
         model: an `EarlyExitCNN`.
@@ -99,12 +98,12 @@ def attention_grid(model, x, path, y=None, class_names=None, channel=0):
 
     plt = _pyplot()
     n, (height, width) = len(x), x.shape[1:3]
-    fig, axes = plt.subplots(n, NUM_EXITS + 1, squeeze=False,
-                             figsize=(1.7 * (NUM_EXITS + 1), 1.8 * n + 0.4))
+    columns = model.num_exits + 1
+    fig, axes = plt.subplots(n, columns, squeeze=False, figsize=(1.7 * columns, 1.8 * n + 0.4))
     extent = (0, width, height, 0)
     for i in range(n):
         image = x[i, :, :, int(channel)]
-        for j in range(NUM_EXITS + 1):
+        for j in range(columns):
             ax = axes[i, j]
             ax.set_xticks([])
             ax.set_yticks([])
@@ -120,7 +119,7 @@ def attention_grid(model, x, path, y=None, class_names=None, channel=0):
             ax.imshow(m / max(float(m.max()), 1e-12), cmap="jet", alpha=0.5, extent=extent,
                       interpolation="bilinear", vmin=0.0, vmax=1.0)
             title = f"pred {name(predictions[k][i])}"
-            if k < NUM_EXITS - 1:
+            if k < model.num_exits - 1:
                 title += f", cos {scores[k, i]:.2f}"
             ax.set_title(("Exit %d\n" % (k + 1) if i == 0 else "") + title, fontsize=7)
     fig.tight_layout()
@@ -128,7 +127,7 @@ def attention_grid(model, x, path, y=None, class_names=None, channel=0):
 
 
 def consistency_bars(reports, path):
-    """Writes grouped bars of every model's per-exit consistency (exits 1-4 and Avg).
+    """Writes grouped bars of every model's per-exit consistency (early exits and Avg).
 
     A black tick on each bar marks that model's chance floor.
 
@@ -147,7 +146,10 @@ def consistency_bars(reports, path):
     if not reports:
         raise ValueError("consistency_bars needs at least one report.")
     plt = _pyplot()
-    groups = [f"Exit {k + 1}" for k in range(NUM_EXITS - 1)] + ["Avg"]
+    early = max(len(_get(r, "consistency")) for r in reports.values())
+    if any(len(_get(r, "consistency")) != early for r in reports.values()):
+        raise ValueError("consistency_bars compares models with the same number of exits.")
+    groups = [f"Exit {k + 1}" for k in range(early)] + ["Avg"]
     fig, ax = plt.subplots(figsize=(1.2 + 1.3 * len(groups), 3.6))
     count = len(reports)
     width = 0.8 / count
@@ -161,7 +163,7 @@ def consistency_bars(reports, path):
                   linewidth=1.5, label="chance floor" if i == 0 else None)
     ax.set_xticks(centers)
     ax.set_xticklabels(groups)
-    ax.set_ylabel("cosine with exit 5")
+    ax.set_ylabel(f"cosine with exit {early + 1}")
     ax.set_ylim(0, 1.05)
     ax.set_title("Attention consistency (Table I)")
     ax.legend(fontsize=7, loc="lower right")
@@ -169,7 +171,7 @@ def consistency_bars(reports, path):
     return _save(fig, path)
 
 
-def exit_histogram(report_or_exits, path, title=None):
+def exit_histogram(report_or_exits, path, title=None, num_exits=None):
     """Writes a bar chart of the share of samples leaving at each exit.
 
     Args:
@@ -177,6 +179,8 @@ def exit_histogram(report_or_exits, path, title=None):
             oracle's beside them; or an int array of 0-based exits (`Cascade.predict`).
         path: the `.png` to write.
         title: optional title.
+        num_exits: the model's number of exits K, with an exit array (default: the
+            highest exit in it + 1).
 
     Returns:
         `path`.
@@ -196,18 +200,21 @@ def exit_histogram(report_or_exits, path, title=None):
         exits = np.asarray(report_or_exits).reshape(-1)
         if exits.size == 0:
             raise ValueError("exit_histogram needs at least one exit index.")
-        if not np.issubdtype(exits.dtype, np.integer) or exits.min() < 0 or exits.max() >= NUM_EXITS:
-            raise ValueError(f"exits must be integers in 0..{NUM_EXITS - 1} (0-based exits).")
-        series["cascade"] = list(np.bincount(exits, minlength=NUM_EXITS) / exits.size)
+        count = int(num_exits) if num_exits is not None else (
+            int(exits.max()) + 1 if np.issubdtype(exits.dtype, np.integer) else 0)
+        if not np.issubdtype(exits.dtype, np.integer) or exits.min() < 0 or exits.max() >= count:
+            raise ValueError(f"exits must be integers in 0..{max(count, 2) - 1} (0-based exits).")
+        series["cascade"] = list(np.bincount(exits, minlength=count) / exits.size)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    centers = np.arange(NUM_EXITS)
+    count = len(series["cascade"])
+    centers = np.arange(count)
     width = 0.8 / len(series)
     for i, (label, shares) in enumerate(series.items()):
         ax.bar(centers - 0.4 + width * (i + 0.5), 100 * np.asarray(shares), width * 0.95,
                label=label)
     ax.set_xticks(centers)
-    ax.set_xticklabels([f"Exit {k + 1}" for k in range(NUM_EXITS)])
+    ax.set_xticklabels([f"Exit {k + 1}" for k in range(count)])
     ax.set_ylabel("samples leaving here (%)")
     ax.set_title(title or "Exit shares")
     if len(series) > 1:
@@ -256,7 +263,7 @@ def speedup_curve(curve, path, title=None):
                         textcoords="offset points")
     if marked is not None:
         ax.plot([marked[1]], [100 * marked[2]], "r*", markersize=10, label=marked[0])
-    ax.set_xlabel("MAC speedup vs exit 5 only (x)")
+    ax.set_xlabel("MAC speedup vs the final exit only (x)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title or "Accuracy vs speedup over thresholds")
     ax.grid(alpha=0.3)

@@ -34,7 +34,8 @@ import numpy as np
 from keras_egt import callbacks as egt_callbacks
 from keras_egt import cascade as egt_cascade
 from keras_egt import metrics as egt_metrics
-from keras_egt.model import NUM_EXITS, EarlyExitCNN, resolve_widths
+from keras_egt.cnn import NUM_BLOCKS, EarlyExitCNN, resolve_widths
+from keras_egt.model import EarlyExitModel
 
 __all__ = [
     "DEFAULT_LAMBDAS",
@@ -58,7 +59,7 @@ OBJECTIVES = {
     "score": ("val_score", "max"),
     "consistency": ("val_consistency", "max"),
     "cascade_accuracy": ("val_cascade_accuracy", "max"),
-    "final_accuracy": ("val_exit_5_accuracy", "max"),
+    "final_accuracy": ("val_final_accuracy", "max"),
     "cascade_speedup": ("val_cascade_speedup", "max"),
 }
 
@@ -69,7 +70,7 @@ def objective(name):
     Args:
         name: `"score"` (harmonic mean of validation cascade accuracy and
             consistency), `"consistency"`, `"cascade_accuracy"`, `"final_accuracy"`
-            (exit 5 alone) or `"cascade_speedup"` (MACs, at equal threshold).
+            (the final exit alone) or `"cascade_speedup"` (MACs, at equal threshold).
 
     Returns:
         A `keras_tuner.Objective` to pass as a tuner's `objective`.
@@ -124,6 +125,8 @@ class CascadeMetrics(keras.callbacks.Callback):
         labels, exits = self.cascade.decide(probabilities)
         accuracy = float(np.mean(labels == self.y_val))
         logs["val_cascade_accuracy"] = accuracy
+        logs["val_final_accuracy"] = float(np.mean(
+            np.argmax(probabilities[-1], axis=-1) == self.y_val))
         logs["val_cascade_macs"] = self.cascade.average_macs(exits)
         logs["val_cascade_speedup"] = self.cascade.speedup(exits)
         if "val_consistency" in logs:
@@ -135,7 +138,7 @@ def _weights_text(weights):
 
 
 class EGTHyperModel(kt.HyperModel):
-    """A KerasTuner hypermodel of `EarlyExitCNN` whose search space is λ.
+    """A KerasTuner hypermodel of an early-exit model whose search space is λ (and more).
 
     Hyperparameters (as named in trials and `results_table`):
 
@@ -144,9 +147,11 @@ class EGTHyperModel(kt.HyperModel):
       written as "w1,w2,w3,w4,w5" (fixed to all ones unless given);
     * `learning_rate`: Adam's initial rate, a `Choice` of `learning_rates`
       (fixed to the paper's 1e-3 unless given);
-    * `widths`, `input_shape`, `num_classes`: fixed; they identify the search, so
-      that resuming in a directory that holds another search's trials fails
-      clearly instead of mixing them.
+    * `widths` (the CNN preset) or `backbone` and `exit_layers` (your own backbone),
+      `input_shape`, `num_classes`: fixed; they identify the search, so that
+      resuming in a directory that holds another search's trials fails clearly
+      instead of mixing them. A `backbone` builder may declare hyperparameters of
+      its own on the `hp` it is given (an architecture search).
 
     `fit` trains with the paper's schedule (the rate halved every `decay_every`
     epochs), needs validation data (`validation_data=` or `validation_split=`) and
@@ -156,9 +161,10 @@ class EGTHyperModel(kt.HyperModel):
     Args:
         num_classes: number of classes.
         input_shape: `(height, width, channels)`.
-        widths: `"paper"`, `"micro"` or 5 ints.
+        widths: `"paper"`, `"micro"` or 5 ints (the `EarlyExitCNN` preset; ignored
+            with `backbone`).
         lambdas: the λ values to search (each >= 0).
-        exit_weights: None, or candidate 5-tuples of per-exit loss weights.
+        exit_weights: None, or candidate K-tuples of per-exit loss weights.
         learning_rates: None, or candidate initial learning rates.
         threshold: the validation cascade's threshold (the paper: 0.9).
         criterion: the validation cascade's exit criterion.
@@ -170,6 +176,10 @@ class EGTHyperModel(kt.HyperModel):
             calls `keras.backend.clear_session()` before each trial, which drops the
             global one. (TensorFlow: pass a `tf.distribute` strategy to the tuner
             as `distribution_strategy=` instead.)
+        backbone: None (the `EarlyExitCNN` preset), or a function
+            `backbone(hp) -> keras.Model` that builds a fresh backbone for each trial
+            (it may call `hp.Choice(...)`), with input `input_shape`.
+        exit_layers: with `backbone`, the exit layer names (see `EarlyExitModel`).
         name: the hypermodel's name.
         tunable: as `keras_tuner.HyperModel`.
 
@@ -184,11 +194,23 @@ class EGTHyperModel(kt.HyperModel):
     def __init__(self, num_classes, input_shape, widths="paper", lambdas=DEFAULT_LAMBDAS,
                  exit_weights=None, learning_rates=None, threshold=0.9,
                  criterion="max_probability", decay_every=15, decay_factor=0.5,
-                 distribution=None, name=None, tunable=True):
+                 distribution=None, backbone=None, exit_layers=None, name=None,
+                 tunable=True):
         super().__init__(name=name, tunable=tunable)
         self.num_classes = int(num_classes)
         self.input_shape = tuple(int(d) for d in input_shape)
-        self.widths = resolve_widths(widths)
+        if (backbone is None) != (exit_layers is None):
+            raise ValueError("Pass backbone and exit_layers together (or neither, for the "
+                             "EarlyExitCNN preset).")
+        if backbone is not None and not callable(backbone):
+            raise ValueError(
+                "backbone must be a function hp -> keras.Model that builds a new backbone "
+                f"for each trial, got {type(backbone).__name__}."
+            )
+        self.backbone = backbone
+        self.exit_layers = None if exit_layers is None else [str(e) for e in exit_layers]
+        self.widths = None if backbone is not None else resolve_widths(widths)
+        self.num_exits = NUM_BLOCKS if backbone is None else len(self.exit_layers)
         self.lambdas = self._candidates("lambdas", lambdas, float)
         for lam in self.lambdas:
             if not math.isfinite(lam) or lam < 0:
@@ -203,7 +225,7 @@ class EGTHyperModel(kt.HyperModel):
         for text in self.exit_weights or ():
             self._parse_weights(text)
         # Checks the shapes by building one model now, before any trial runs.
-        EarlyExitCNN(self.num_classes, self.input_shape, self.widths, self.lambdas[0])
+        self._model(kt.HyperParameters(), self.lambdas[0], None)
         self.threshold = threshold
         self.criterion = egt_cascade.Cascade(None, threshold, criterion).criterion
         self.decay_every = int(decay_every)
@@ -225,22 +247,45 @@ class EGTHyperModel(kt.HyperModel):
             raise ValueError(f"{name} holds a value twice: {values}.")
         return values
 
-    @staticmethod
-    def _parse_weights(text):
+    def _parse_weights(self, text):
         weights = tuple(float(w) for w in text.split(","))
-        if len(weights) != NUM_EXITS or min(weights) < 0:
-            raise ValueError(f"exit_weights candidates must be 5 numbers >= 0, got {text!r}.")
+        if len(weights) != self.num_exits or not all(math.isfinite(w) and w >= 0 for w in weights):
+            raise ValueError(
+                f"exit_weights candidates must be {self.num_exits} finite numbers >= 0, "
+                f"got {text!r}."
+            )
         return weights
+
+    def _model(self, hp, consistency_weight, exit_weights):
+        if self.backbone is None:
+            return EarlyExitCNN(self.num_classes, self.input_shape, widths=self.widths,
+                                consistency_weight=consistency_weight, exit_weights=exit_weights)
+        backbone = self.backbone(hp)
+        shape = tuple(backbone.inputs[0].shape[1:]) if getattr(backbone, "inputs", None) else None
+        if shape != self.input_shape:
+            raise ValueError(
+                f"The backbone builder made a model with input shape {shape}, not the "
+                f"hypermodel's input_shape {self.input_shape}."
+            )
+        return EarlyExitModel(backbone, self.exit_layers, self.num_classes,
+                              consistency_weight=consistency_weight, exit_weights=exit_weights)
 
     def _declare(self, hp):
         """Registers (or reads) this search's hyperparameters; returns their values."""
+        if self.backbone is None:
+            architecture = {"widths": hp.Fixed("widths", _weights_text(self.widths))}
+        else:
+            architecture = {
+                "backbone": hp.Fixed("backbone", getattr(self.backbone, "__name__", "backbone")),
+                "exit_layers": hp.Fixed("exit_layers", ",".join(self.exit_layers)),
+            }
         values = {
-            "widths": hp.Fixed("widths", _weights_text(self.widths)),
+            **architecture,
             "input_shape": hp.Fixed("input_shape", _weights_text(self.input_shape)),
             "num_classes": hp.Fixed("num_classes", self.num_classes),
             "consistency_weight": hp.Choice("consistency_weight", self.lambdas),
             "exit_weights": hp.Choice("exit_weights", self.exit_weights)
-            if self.exit_weights else hp.Fixed("exit_weights", _weights_text((1,) * NUM_EXITS)),
+            if self.exit_weights else hp.Fixed("exit_weights", _weights_text((1,) * self.num_exits)),
             "learning_rate": hp.Choice("learning_rate", self.learning_rates)
             if self.learning_rates else hp.Fixed("learning_rate", 1e-3),
         }
@@ -259,6 +304,9 @@ class EGTHyperModel(kt.HyperModel):
         self._declare(expected)
         ours = {h.name: h.get_config() for h in expected.space}
         found = {h.name: h.get_config() for h in hp.space}
+        if self.backbone is not None:
+            # The builder's own hyperparameters are part of the search, not a mismatch.
+            found = {n: c for n, c in found.items() if n in ours}
         if any(found.get(name, config) != config for name, config in ours.items()) or (
             set(found) - set(ours)
         ):
@@ -279,11 +327,8 @@ class EGTHyperModel(kt.HyperModel):
         self.check_space(hp)
         values = self._declare(hp)
         with self._scope():
-            model = EarlyExitCNN(
-                self.num_classes, self.input_shape, widths=self.widths,
-                consistency_weight=values["consistency_weight"],
-                exit_weights=self._parse_weights(values["exit_weights"]),
-            )
+            model = self._model(hp, values["consistency_weight"],
+                                self._parse_weights(values["exit_weights"]))
             model.compile(keras.optimizers.Adam(values["learning_rate"]), metrics=["accuracy"])
             # KerasTuner's checkpoints hold Adam's slots: a built optimizer restores
             # them (Hyperband resumes trials from them) instead of skipping them.
@@ -427,10 +472,9 @@ class GridSearch(kt.Tuner):
 
 # Row key -> metric logged by the trials.
 _LOGGED = {
-    **{f"exit_{k}_consistency": f"val_exit_{k}_consistency" for k in range(1, NUM_EXITS)},
     "consistency": "val_consistency",
     "cascade_accuracy": "val_cascade_accuracy",
-    "final_accuracy": f"val_exit_{NUM_EXITS}_accuracy",
+    "final_accuracy": "val_final_accuracy",
     "cascade_speedup": "val_cascade_speedup",
     "cascade_macs": "val_cascade_macs",
     "score": "val_score",
@@ -451,20 +495,26 @@ class ResultsTable(list):
             r["trial_id"] for r in pareto_front(self, ("cascade_accuracy", "consistency",
                                                        "cascade_speedup"))
         }
-        head = ("| λ | Exit 1 | Exit 2 | Exit 3 | Exit 4 | Avg | Cascade Acc. (%) | "
-                "Exit 5 Acc. (%) | MAC speedup | Score | Epoch | Trial | Pareto |")
-        lines = [head, "|" + "---|" * 13]
+        early = max((len(_early_keys(r)) for r in self), default=0)
+        head = ("| λ | " + "".join(f"Exit {k} | " for k in range(1, early + 1))
+                + f"Avg | Cascade Acc. (%) | Exit {early + 1} Acc. (%) | MAC speedup | Score "
+                "| Epoch | Trial | Pareto |")
+        lines = [head, "|" + "---|" * (early + 9)]
         for r in sorted(self, key=lambda r: (r["consistency_weight"], r["trial_id"])):
             pareto = ("acc/cons" if r["trial_id"] in front else
                       "+MACs" if r["trial_id"] in front_macs else "")
             lines.append(
                 f"| {r['consistency_weight']:g} | "
-                + " | ".join(_fmt(r[f"exit_{k}_consistency"]) for k in range(1, NUM_EXITS))
+                + " | ".join(_fmt(r.get(f"exit_{k}_consistency")) for k in range(1, early + 1))
                 + f" | {_fmt(r['consistency'])} | {_fmt(r['cascade_accuracy'], 100, 2)} | "
                 f"{_fmt(r['final_accuracy'], 100, 2)} | {_fmt(r['cascade_speedup'], 1, 2)}x | "
                 f"{_fmt(r['score'])} | {r['best_step'] + 1} | {r['trial_id']} | {pareto} |"
             )
         return "\n".join(lines) + "\n"
+
+
+def _early_keys(row):
+    return [k for k in row if k.startswith("exit_") and k.endswith("_consistency")]
 
 
 def _fmt(value, scale=1, digits=3):
@@ -483,7 +533,7 @@ def results_table(tuner):
     Returns:
         A `ResultsTable`: dicts with `trial_id`, `consistency_weight` (λ),
         `exit_weights`, `learning_rate`, `exit_1_consistency` ...
-        `exit_4_consistency`, `consistency` (their average), `cascade_accuracy`,
+        `exit_{K-1}_consistency`, `consistency` (their average), `cascade_accuracy`,
         `final_accuracy`, `cascade_speedup`, `cascade_macs`, `score`, `objective`
         and `best_step` (0-based epoch).
 
@@ -515,7 +565,13 @@ def results_table(tuner):
             "exit_weights": values.get("exit_weights"),
             "learning_rate": values.get("learning_rate"),
         }
-        for key, metric in _LOGGED.items():
+        early = sorted(
+            int(name[len("val_exit_"):-len("_consistency")])
+            for name in trial.metrics.metrics
+            if name.startswith("val_exit_") and name.endswith("_consistency")
+        )
+        logged = {f"exit_{k}_consistency": f"val_exit_{k}_consistency" for k in early}
+        for key, metric in {**logged, **_LOGGED}.items():
             row[key] = (float(trial.metrics.get_last_value(metric))
                         if trial.metrics.exists(metric) else None)
         row["objective"] = None if trial.score is None else float(trial.score)

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import blob_task
 from keras_egt import cascade, costs, metrics
-from keras_egt.model import EarlyExitCNN
+from keras_egt.cnn import EarlyExitCNN
 
 WIDTHS = (4, 8, 8, 8, 8)
 
@@ -162,14 +162,15 @@ def test_paper_architecture_macs_by_hand():
         4 * 4 * 9 * 512 * 512,  # 37,748,736
     ]
     # Head on H x W x C features, hidden = max(8, C // 8), pooled to a 4x4 grid:
-    # 1x1 conv H*W*C*h + 3x3 score conv H*W*9*h + gating H*W*C + dense 16*C*9.
+    # 1x1 conv H*W*C*h + 3x3 score conv H*W*9*h + gating H*W*C + average-pooling
+    # adds H*W*C + dense 16*C*9.
     features = [(32, 32, 64), (16, 16, 128), (8, 8, 256), (4, 4, 512), (4, 4, 512)]
     heads = []
     for h, w, c in features:
         hidden = max(8, c // 8)
-        heads.append(h * w * c * hidden + h * w * 9 * hidden + h * w * c + 16 * c * 9)
-    assert heads[0] == 32 * 32 * 64 * 8 + 32 * 32 * 9 * 8 + 32 * 32 * 64 + 16 * 64 * 9
-    assert costs.block_macs(model) == blocks
+        heads.append(h * w * c * hidden + h * w * 9 * hidden + 2 * h * w * c + 16 * c * 9)
+    assert heads[0] == 32 * 32 * 64 * 8 + 32 * 32 * 9 * 8 + 2 * 32 * 32 * 64 + 16 * 64 * 9
+    assert costs.stage_macs(model) == blocks
     assert costs.head_macs(model) == heads
     expected_exit = [sum(blocks[: k + 1]) + sum(heads[: k + 1]) for k in range(5)]
     assert costs.exit_macs(model) == expected_exit

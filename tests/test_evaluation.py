@@ -6,7 +6,7 @@ import pytest
 
 from conftest import blob_task
 from keras_egt import cascade, costs, evaluation, metrics
-from keras_egt.model import EarlyExitCNN
+from keras_egt.cnn import EarlyExitCNN
 
 
 @pytest.fixture(scope="module")

@@ -127,12 +127,15 @@ def test_quantize_rounds_half_away_from_zero_and_saturates():
 
 
 def test_resolve_thresholds():
-    assert export.resolve_thresholds(0.9) == [0.9] * 5
-    assert export.resolve_thresholds([0.1, 0.2, 0.3, 0.4]) == [0.1, 0.2, 0.3, 0.4, 2.0]
+    resolve = egt.cascade.resolve_thresholds
+    assert resolve(0.9, 5) == (0.9,) * 4 + (2.0,)
+    assert resolve([0.1, 0.2, 0.3, 0.4], 5) == (0.1, 0.2, 0.3, 0.4, 2.0)
+    assert resolve([0.1, 0.2, 0.3, 0.4, 0.7], 5) == (0.1, 0.2, 0.3, 0.4, 2.0)
+    assert resolve([0.5, float("inf")], 3) == (0.5, 2.0, 2.0)  # infinity: never exits
     with pytest.raises(ValueError, match="one per exit"):
-        export.resolve_thresholds([0.9, 0.9])
-    with pytest.raises(ValueError, match="finite"):
-        export.resolve_thresholds(float("inf"))
+        resolve([0.9, 0.9], 5)
+    with pytest.raises(ValueError, match="NaN"):
+        resolve(float("nan"), 3)
 
 
 def test_export_rejects_bad_input(trained, tmp_path):
@@ -213,10 +216,10 @@ def test_manifest_is_complete(deployed):
     assert manifest["keras_egt_version"] == egt.__version__
     assert manifest["num_classes"] == 3 and manifest["input_shape"] == [32, 32, 2]
     assert manifest["criterion"] == "max_probability"
-    assert manifest["thresholds"] == [THRESHOLD] * 5
+    assert manifest["thresholds"] == [THRESHOLD] * 4 + [2.0]
     segments = manifest["segments"]
     assert [s["index"] for s in segments] == [1, 2, 3, 4, 5]
-    macs = [b + h for b, h in zip(egt.costs.block_macs(model), egt.costs.head_macs(model))]
+    macs = egt.costs.segment_macs(model)
     shape = [1, 32, 32, 2]
     for k, seg in enumerate(segments):
         data = _read(os.path.join(folder, seg["file"]))

@@ -5,7 +5,7 @@ from keras import ops
 import references as ref
 from conftest import blob_task
 from keras_egt import metrics
-from keras_egt.model import EarlyExitCNN
+from keras_egt.cnn import EarlyExitCNN
 
 WIDTHS = (4, 8, 8, 8, 8)
 

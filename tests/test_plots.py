@@ -5,7 +5,7 @@ import pytest
 
 from conftest import blob_task
 from keras_egt import cascade, evaluation, plots
-from keras_egt.model import EarlyExitCNN
+from keras_egt.cnn import EarlyExitCNN
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

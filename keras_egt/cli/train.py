@@ -55,18 +55,13 @@ def num_classes(args, *labels):
 
 def parse_widths(text):
     """`"paper"`, `"micro"` or five comma-separated ints -> the `widths` argument."""
-    if text in ("paper", "micro"):
-        return text
+    from keras_egt.cnn import WIDTH_PRESETS, resolve_widths
+
     try:
-        widths = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        widths = ()
-    if len(widths) != 5 or min(widths) < 1:
-        raise CLIError(
-            f"--widths must be 'paper', 'micro' or 5 comma-separated positive ints "
-            f"(e.g. 8,16,32,64,64), got {text!r}."
-        )
-    return widths
+        widths = resolve_widths(text)
+    except ValueError as error:
+        raise CLIError(f"--widths: {error}") from None
+    return text if text in WIDTH_PRESETS else widths
 
 
 def load_model(path):

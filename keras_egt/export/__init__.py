@@ -1,4 +1,4 @@
-"""Deployment: a trained EarlyExitCNN as a split int8 TFLite cascade for microcontrollers.
+"""Deployment: a trained early-exit model as a split int8 TFLite cascade for microcontrollers.
 
     egt.export.export_cascade(model, "deploy/", representative_data=x_train[:256], threshold=0.9)
     runner = egt.export.load_cascade("deploy/", runtime="tflm")   # or "litert"
@@ -12,7 +12,7 @@ TensorFlow-backend subprocess); `load_cascade` needs only `ai-edge-litert` or
 Importing this module imports none of them.
 """
 
-from keras_egt.export.exporter import export_cascade, resolve_thresholds
+from keras_egt.export.exporter import export_cascade
 from keras_egt.export.qat import quantization_aware_export, quantization_aware_finetune
 from keras_egt.export.runtime import (
     CascadeRunner,
@@ -36,6 +36,5 @@ __all__ = [
     "quantization_aware_export",
     "quantization_aware_finetune",
     "read_manifest",
-    "resolve_thresholds",
     "segment_inputs",
 ]

@@ -1,4 +1,4 @@
-"""`export_cascade`: a trained EarlyExitCNN to five int8 TFLite segments and a manifest."""
+"""`export_cascade`: a trained early-exit model to K int8 TFLite segments and a manifest."""
 
 import json
 import math
@@ -11,39 +11,13 @@ import tempfile
 import keras
 import numpy as np
 
+from keras_egt.cascade import resolve_criterion, resolve_thresholds
 from keras_egt.export import runtime as rt
 from keras_egt.export.segments import build_segments, check_model, segment_inputs, segment_shapes
-from keras_egt.model import NUM_EXITS
 
 # Retries of a segment whose input quantization did not come out equal to the
 # previous segment's features (each retry is one more conversion).
 _HANDOFF_ATTEMPTS = 3
-
-
-def resolve_thresholds(threshold):
-    """One threshold per segment from a number, or 4 or 5 numbers (the fifth is unused).
-
-    Returns:
-        A list of 5 floats; with 4 given, the fifth is `keras_egt.cascade.NEVER_EXIT`.
-    """
-    if np.ndim(threshold) == 0:
-        values = [threshold] * NUM_EXITS
-    else:
-        values = list(threshold)
-        if len(values) not in (NUM_EXITS - 1, NUM_EXITS):
-            raise ValueError(
-                f"threshold must be one number or one per exit ({NUM_EXITS}, the last unused, "
-                f"or {NUM_EXITS - 1}), got {len(values)}."
-            )
-        if len(values) == NUM_EXITS - 1:
-            values.append(2.0)  # keras_egt.cascade.NEVER_EXIT: exit 5 takes every sample
-    try:
-        values = [float(v) for v in values]
-    except (TypeError, ValueError):
-        raise ValueError(f"threshold must be numbers, got {threshold!r}.") from None
-    if not all(math.isfinite(v) for v in values):
-        raise ValueError(f"threshold must be finite numbers, got {values}.")
-    return values
 
 
 def check_representative_data(data, image_shape):
@@ -167,14 +141,15 @@ def _convert_checked(segment, calibration, k, num_classes, next_shape, previous)
 def _export_into(folder, model, data, thresholds, class_names, verbose, metadata=None):
     from keras_egt import __version__, costs
 
+    num_exits = model.num_exits
     shapes = segment_shapes(model)
     calibration = segment_inputs(model, data)
     segments = build_segments(model)
-    macs = [b + h for b, h in zip(costs.block_macs(model), costs.head_macs(model))]
-    progress = keras.utils.Progbar(NUM_EXITS, unit_name="segment") if verbose else None
+    macs = costs.segment_macs(model)
+    progress = keras.utils.Progbar(num_exits, unit_name="segment") if verbose else None
     entries, previous = [], None
-    for k in range(1, NUM_EXITS + 1):
-        next_shape = shapes[k] if k < NUM_EXITS else None
+    for k in range(1, num_exits + 1):
+        next_shape = shapes[k] if k < num_exits else None
         model_bytes, info, spec_in, probabilities, features = _convert_checked(
             segments[k - 1], calibration[k - 1], k, model.num_classes, next_shape, previous
         )
@@ -183,7 +158,7 @@ def _export_into(folder, model, data, thresholds, class_names, verbose, metadata
             f.write(model_bytes)
         ops = list(dict.fromkeys(info["ops"]))
         threshold_int8 = None
-        if k < NUM_EXITS:
+        if k < num_exits:
             threshold_int8 = rt.int8_threshold(
                 thresholds[k - 1], probabilities["scale"], probabilities["zero_point"]
             )
@@ -232,14 +207,14 @@ def _export_into(folder, model, data, thresholds, class_names, verbose, metadata
 
 def export_cascade(model, out_dir, representative_data, threshold=0.9, class_names=None,
                    overwrite=False, verbose=False, metadata=None):
-    """Exports a trained EarlyExitCNN as five full-int8 TFLite segments for a microcontroller.
+    """Exports a trained early-exit model as K full-int8 TFLite segments for a microcontroller.
 
-    Segment k runs block k and exit head k of `model` and outputs exit k's softmax
-    probabilities and (k < 5) its int8 feature map, which segment k+1 takes as
+    Segment k runs stage k and exit head k of `model` and outputs exit k's softmax
+    probabilities and (k < K) its int8 feature map, which segment k+1 takes as
     input. Each segment is converted with the TFLite converter to full int8
     (`TFLITE_BUILTINS_INT8` only, int8 inputs and outputs), calibrated on
     `representative_data` propagated through the float model (segment k on the
-    float features leaving block k-1). Then:
+    float features leaving stage k-1). Then:
 
     * every op is checked to compute in int8 (no float, Flex or custom op);
     * segment k+1's input quantization is made equal to segment k's features
@@ -247,7 +222,7 @@ def export_cascade(model, out_dir, representative_data, threshold=0.9, class_nam
       verified, so firmware hands the int8 buffer over as is;
     * each segment's TFLM arena is measured with TFLM's recording allocator.
 
-    The folder gets `segment_1.tflite` ... `segment_5.tflite`, `manifest.json`
+    The folder gets `segment_1.tflite` ... `segment_K.tflite`, `manifest.json`
     (shapes, quantization, int8 exit thresholds, sha256, flash and arena bytes,
     MACs, ops) and the C sources `model_data.c/.h` and `egt_manifest.h` of
     `keras_egt.export.c_sources`. It is written into a temporary folder next to `out_dir`
@@ -258,12 +233,15 @@ def export_cascade(model, out_dir, representative_data, threshold=0.9, class_nam
     `KERAS_BACKEND=tensorflow` subprocess; the result is the same.
 
     Args:
-        model: a trained `EarlyExitCNN`.
+        model: a trained `EarlyExitModel` (e.g. an `EarlyExitCNN`).
         out_dir: the deploy folder to create.
         representative_data: real inputs `(n, H, W, C)` preprocessed as in training,
             e.g. `x_train[:256]`.
         threshold: the exit threshold on the max probability: one number (the
-            paper: 0.9) or one per exit (4, or 5 with the last unused).
+            paper: 0.9) or one per exit (K - 1, or K with the last unused), e.g.
+            from `calibrate_thresholds` with the max-probability criterion. The int8
+            runtimes and the C driver implement the max-probability rule only, so
+            thresholds calibrated for `"entropy"` are refused.
         class_names: optional class names for the manifest.
         overwrite: replace an existing non-empty `out_dir`.
         verbose: show a progress bar.
@@ -279,7 +257,14 @@ def export_cascade(model, out_dir, representative_data, threshold=0.9, class_nam
     """
     check_model(model)
     data = check_representative_data(representative_data, model.image_shape)
-    thresholds = resolve_thresholds(threshold)
+    if resolve_criterion(threshold) != rt.CRITERION:
+        raise ValueError(
+            f"These thresholds were calibrated for criterion "
+            f"{resolve_criterion(threshold)!r}; the int8 cascade (LiteRT, TFLM and the C "
+            f"driver) exits on the max probability only. Calibrate with "
+            f"criterion={rt.CRITERION!r} for export."
+        )
+    thresholds = list(resolve_thresholds(threshold, model.num_exits))
     if class_names is not None and len(class_names) != model.num_classes:
         raise ValueError(f"class_names has {len(class_names)} names for "
                          f"{model.num_classes} classes.")

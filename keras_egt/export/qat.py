@@ -24,7 +24,11 @@ import numpy as np
 
 from keras_egt.export import _deps
 from keras_egt.export.segments import check_model
-from keras_egt.model import NUM_EXITS
+
+
+def _blocks(model):
+    # The EarlyExitCNN preset: each stage is one ConvBlock.
+    return [stage.layers[-1] for stage in model.stages]
 
 
 def _tfmot():
@@ -47,7 +51,7 @@ def build_mirror(model):
     layers = tf_keras.layers
     inputs = tf_keras.Input(shape=tuple(model.image_shape), name="image")
     h, outputs, pairs = inputs, [], []
-    for k, (block, head) in enumerate(zip(model.blocks, model.heads), start=1):
+    for k, (block, head) in enumerate(zip(_blocks(model), model.heads), start=1):
         conv = layers.Conv2D(block.filters, 3, padding="same", use_bias=False, name=f"b{k}_conv")
         bn = layers.BatchNormalization(momentum=block.bn.momentum, epsilon=block.bn.epsilon,
                                        name=f"b{k}_bn")
@@ -82,7 +86,7 @@ def _float_probabilities(model, x):
     from keras import ops
 
     h, out = ops.convert_to_tensor(x), []
-    for block, head in zip(model.blocks, model.heads):
+    for block, head in zip(_blocks(model), model.heads):
         h = block(h, training=False)
         out.append(ops.convert_to_numpy(ops.softmax(head(h), axis=-1)))
     return out
@@ -212,17 +216,17 @@ def quantization_aware_finetune(model, x_train, y_train, epochs=3, learning_rate
     mirror, pairs = build_mirror(model)
     check_mirror(model, mirror, x_train[:8])
     qmodel = quantize_mirror(mirror)
-    weights = list(model.exit_weights) if hasattr(model, "exit_weights") else [1.0] * NUM_EXITS
+    weights = list(model.exit_weights) if hasattr(model, "exit_weights") else [1.0] * model.num_exits
     qmodel.compile(
         optimizer=tf_keras.optimizers.Adam(learning_rate),
-        loss=[tf_keras.losses.SparseCategoricalCrossentropy()] * NUM_EXITS,
+        loss=[tf_keras.losses.SparseCategoricalCrossentropy()] * model.num_exits,
         loss_weights=weights,
     )
-    targets = [y_train] * NUM_EXITS
+    targets = [y_train] * model.num_exits
     validation = None
     if validation_data is not None:
         x_val, y_val = validation_data
-        validation = (np.asarray(x_val, np.float32), [np.asarray(y_val).reshape(-1)] * NUM_EXITS)
+        validation = (np.asarray(x_val, np.float32), [np.asarray(y_val).reshape(-1)] * model.num_exits)
     history = qmodel.fit(x_train, targets, epochs=int(epochs), batch_size=int(batch_size),
                          validation_data=validation, verbose=verbose, shuffle=True)
     tuned = model.__class__.from_config(model.get_config())
@@ -236,7 +240,7 @@ def quantization_aware_finetune(model, x_train, y_train, epochs=3, learning_rate
 def _weight_layers(model):
     """The Keras layers holding weights, in `build_mirror`'s pair order."""
     out = []
-    for block, head in zip(model.blocks, model.heads):
+    for block, head in zip(_blocks(model), model.heads):
         out += [block.conv, block.bn, head.attention.reduce, head.attention.score, head.classifier]
     return out
 

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from keras_egt.cascade import first_exit, should_exit
 from keras_egt.export import _deps
 
 MANIFEST = "manifest.json"
@@ -58,13 +59,14 @@ def int8_threshold(threshold, scale, zero_point):
 def decide_int8(probabilities, thresholds_int8):
     """The cascade's decisions from every segment's int8 probabilities.
 
-    Sample i leaves at the first segment k < 5 with `max(q_k) >= thresholds_int8[k]`,
-    else at segment 5; its label is the argmax there. This is what
+    Sample i leaves at the first segment k < K with `max(q_k) >= thresholds_int8[k]`,
+    else at segment K; its label is the argmax there: `keras_egt.cascade`'s exit
+    rule (max-probability criterion) in the int8 domain. This is what
     `CascadeRunner.predict` and `egt_cascade_run` (C) compute while stopping early.
 
     Args:
-        probabilities: int8 array `(5, n, num_classes)`.
-        thresholds_int8: 4 or 5 ints (a fifth is ignored; the last always exits).
+        probabilities: int8 array `(K, n, num_classes)`.
+        thresholds_int8: K - 1 or K ints (a K-th is ignored; the last always exits).
 
     Returns:
         `(labels, exits)`: int64 arrays `(n,)`, exits 0-based.
@@ -72,9 +74,7 @@ def decide_int8(probabilities, thresholds_int8):
     q = np.asarray(probabilities)
     num_segments = q.shape[0]
     limits = np.asarray(list(thresholds_int8)[: num_segments - 1], np.int32)
-    fires = q[:-1].max(axis=-1).astype(np.int32) >= limits[:, None]
-    fires = np.concatenate([fires, np.ones((1, q.shape[1]), bool)], axis=0)
-    exits = np.argmax(fires, axis=0).astype(np.int64)
+    exits = first_exit(q[:-1].max(axis=-1).astype(np.int32) >= limits[:, None])
     labels = np.argmax(q, axis=-1)[exits, np.arange(q.shape[1])].astype(np.int64)
     return labels, exits
 
@@ -328,7 +328,7 @@ class CascadeRunner:
 
     For each sample: quantize the input with segment 1's parameters, run segment 1;
     if `max(q_1) >= threshold_int8[1]` leave with `argmax(q_1)`, else pass segment
-    1's int8 features unchanged to segment 2, and so on; segment 5 always exits.
+    1's int8 features unchanged to segment 2, and so on; the last segment always exits.
     This is the firmware's logic (`tflite/egt_cascade.c`).
 
     Use `load_cascade` to make one. Attributes: `manifest`, `runtime`,
@@ -398,7 +398,7 @@ class CascadeRunner:
             h = q[i : i + 1]
             for k, segment in enumerate(self._segments):
                 probabilities, h = segment(h)
-                if k == last or int(probabilities.max()) >= self.thresholds_int8[k]:
+                if k == last or should_exit(probabilities[0], self.thresholds_int8[k]):
                     labels[i], exits[i] = int(np.argmax(probabilities)), k
                     break
             seconds[i] = time.perf_counter() - start
@@ -428,7 +428,7 @@ class CascadeRunner:
         return out
 
     def probabilities(self, int8_probabilities):
-        """Dequantizes `run_segments` output to float probabilities `(5, n, C)`."""
+        """Dequantizes `run_segments` output to float probabilities `(K, n, C)`."""
         return np.stack([
             dequantize(q, seg["probabilities"]["scale"], seg["probabilities"]["zero_point"])
             for q, seg in zip(int8_probabilities, self.manifest["segments"])
