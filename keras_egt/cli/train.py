@@ -54,7 +54,7 @@ def num_classes(args, *labels):
 
 
 def parse_widths(text):
-    """`"paper"`, `"micro"` or five comma-separated ints -> the `widths` argument."""
+    """`"paper"`, `"micro"` or five comma-separated ints -> the `widths` argument (CLIError if bad)."""
     from keras_egt.cnn import WIDTH_PRESETS, resolve_widths
 
     try:
