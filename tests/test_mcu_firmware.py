@@ -10,10 +10,7 @@ installs them from .ci/run where apt is available) or no TFLM tree is found.
 """
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -183,12 +180,14 @@ def test_missing_tflm_tree_names_the_variable(tmp_path, monkeypatch):
         firmware.find_tflm(tmp_path / "t")
 
 
-def test_cli_missing_tflm_exits_2_with_one_line(tiny_deploy, tmp_path):
+def test_cli_missing_tflm_exits_2_with_one_line(tiny_deploy, tmp_path, monkeypatch, capsys):
+    from keras_egt.cli import main
+
     folder, _ = tiny_deploy
-    env = dict(os.environ, KERAS_EGT_TFLM_DIR=str(tmp_path / "nowhere"),
-               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    process = subprocess.run([sys.executable, "-m", "keras_egt.cli", "firmware", str(folder)],
-                             capture_output=True, text=True, env=env)
-    assert process.returncode == 2
-    lines = [line for line in process.stderr.splitlines() if line.startswith("keras-egt")]
-    assert len(lines) == 1 and "KERAS_EGT_TFLM_DIR" in lines[0], process.stderr
+    monkeypatch.setenv("KERAS_EGT_TFLM_DIR", str(tmp_path / "nowhere"))
+    assert main(["firmware", str(folder), "--samples", str(tmp_path / "none.npz")]) == 2
+    assert "No such samples file" in capsys.readouterr().err
+    np.savez(tmp_path / "x.npz", x=np.zeros((2, 32, 32, 2), np.float32))
+    assert main(["firmware", str(folder), "--samples", str(tmp_path / "x.npz")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "KERAS_EGT_TFLM_DIR" in lines[0], lines

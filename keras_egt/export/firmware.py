@@ -97,7 +97,7 @@ def find_toolchain():
     """Paths of the Arm GCC toolchain and the system emulator, or a one-line error.
 
     Returns:
-        A dict with `gcc`, `gxx`, `size`, `qemu` (absolute paths).
+        A dict with `gcc`, `gxx`, `size`, `readelf`, `qemu` (absolute paths).
 
     Raises:
         FileNotFoundError: a tool is not on PATH; the message names the package.
@@ -106,7 +106,8 @@ def find_toolchain():
     for key, name, package in (
         ("gcc", "arm-none-eabi-gcc", "gcc-arm-none-eabi libnewlib-arm-none-eabi"),
         ("gxx", "arm-none-eabi-g++", "libstdc++-arm-none-eabi-newlib"),
-        ("size", "arm-none-eabi-size", "gcc-arm-none-eabi"),
+        ("size", "arm-none-eabi-size", "binutils-arm-none-eabi"),
+        ("readelf", "arm-none-eabi-readelf", "binutils-arm-none-eabi"),
         ("qemu", "qemu-system-arm", "qemu-system-arm"),
     ):
         path = shutil.which(name)
@@ -266,26 +267,24 @@ def _kit_file(*parts):
     return path
 
 
-def _samples_c(q):
-    from keras_egt.export import c_sources
-
+def _samples_sources(q, folder):
+    """egt_samples.h and an assembler file that includes the raw int8 bytes (.incbin:
+    fast for megabytes of samples, where a C initializer is slow to compile)."""
     n, size = q.shape[0], int(np.prod(q.shape[1:]))
-    header = ("/* egt_samples.h: int8 inputs of the firmware harness (generated). */\n"
-              "#ifndef EGT_SAMPLES_H_\n#define EGT_SAMPLES_H_\n#include <stdint.h>\n"
-              "#ifdef __cplusplus\nextern \"C\" {\n#endif\n"
-              f"#define EGT_NUM_SAMPLES {n}\n"
-              f"extern const int8_t g_egt_samples[EGT_NUM_SAMPLES][{size}];\n"
-              "#ifdef __cplusplus\n}\n#endif\n#endif\n")
-    flat = q.reshape(n, size).view(np.uint8)
-    rows = []
-    for row in flat:
-        text = c_sources.format_c_array("x", row.tobytes(), align_macro=None)
-        rows.append("  {" + text.split("{", 1)[1].split("}", 1)[0].replace("\n", "\n  ") + "}")
-    source = ('#include "egt_samples.h"\n'
-              '__attribute__((section(".egt_samples"), aligned(16)))\n'
-              f"const int8_t g_egt_samples[EGT_NUM_SAMPLES][{size}] = {{\n"
-              + ",\n".join(r.replace("0x", "(int8_t)0x") for r in rows) + "\n};\n")
-    return header, source
+    (folder / "egt_samples.bin").write_bytes(np.ascontiguousarray(q, np.int8).tobytes())
+    (folder / "egt_samples.h").write_text(
+        "/* egt_samples.h: int8 inputs of the firmware harness (generated). */\n"
+        "#ifndef EGT_SAMPLES_H_\n#define EGT_SAMPLES_H_\n#include <stdint.h>\n"
+        "#ifdef __cplusplus\nextern \"C\" {\n#endif\n"
+        f"#define EGT_NUM_SAMPLES {n}\n"
+        f"extern const int8_t g_egt_samples[EGT_NUM_SAMPLES][{size}];\n"
+        "#ifdef __cplusplus\n}\n#endif\n#endif\n")
+    source = folder / "egt_samples.S"
+    source.write_text(
+        '/* The harness\'s input samples, in their own section (outside the flash figure). */\n'
+        '  .section .egt_samples, "a"\n  .balign 16\n  .global g_egt_samples\n'
+        f'g_egt_samples:\n  .incbin "{folder / "egt_samples.bin"}"\n')
+    return source
 
 
 def _run(command, cwd, what):
@@ -329,10 +328,7 @@ class _Builder:
         return out
 
     def image(self, name, arena_bytes, q, probe=False):
-        header, source = _samples_c(q)
-        (self.work / "egt_samples.h").write_text(header)
-        (self.work / "egt_samples.c").write_text(source)
-        samples = self._cc(self.work / "egt_samples.c")
+        samples = self._cc(_samples_sources(q, self.work))
         harness = self.work / f"egt_harness_{name}.o"
         _run([self.tools["gxx"], *_ARCH, *_DEFINES, *_COMMON, *_CXX, *self.includes,
               f"-DEGT_FW_ARENA_BYTES={int(arena_bytes)}", f"-DEGT_FW_PROBE={int(probe)}",
@@ -454,15 +450,16 @@ def _map_sizes(map_file):
     return sizes
 
 
-def _section_table(size_tool, elf):
-    """[(name, size, address)] of the image's allocated sections (`size -A`)."""
-    out = subprocess.run([size_tool, "-A", "-d", str(elf)], capture_output=True, text=True,
+def _section_table(readelf, elf):
+    """[(name, size, address, type)] of the image's allocated sections (`readelf -S`)."""
+    out = subprocess.run([readelf, "-S", "-W", str(elf)], capture_output=True, text=True,
                          check=True).stdout
     sections = []
-    for line in out.splitlines():
-        words = line.split()
-        if len(words) == 3 and words[0].startswith(".") and words[1].isdigit():
-            sections.append((words[0], int(words[1]), int(words[2])))
+    for m in re.finditer(r"\]\s+(\.\S+)\s+(\w+)\s+([0-9a-f]+)\s+[0-9a-f]+\s+([0-9a-f]+)"
+                         r"\s+[0-9a-f]+\s+(\w*)", out):
+        name, kind, address, size, flags = m.groups()
+        if "A" in flags:
+            sections.append((name, int(size, 16), int(address, 16), kind))
     return sections
 
 
@@ -474,7 +471,7 @@ def _sizes(tools, elf, map_file, parsed, arena_bytes):
     psram_bytes = {}
     berkeley = subprocess.run([tools["size"], str(elf)], capture_output=True, text=True,
                               check=True).stdout.splitlines()[1].split()
-    for name, size, address in _section_table(tools["size"], elf):
+    for name, size, address, _ in _section_table(tools["readelf"], elf):
         if size == 0 or name in (".stack",):
             continue
         split = dict(per_section.get(name, {}))

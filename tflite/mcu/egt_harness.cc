@@ -208,6 +208,7 @@ void* _sbrk(int increment);
 // semihosting host says RAM ends, outside the memory map the size report describes.
 void _init(void) {}
 void _fini(void) {}
+void* __dso_handle = &__dso_handle;  // crtbegin.o's, for static destructors (never run)
 __attribute__((noreturn)) void _start(void);
 }
 
