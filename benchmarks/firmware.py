@@ -46,6 +46,16 @@ def run_preset(preset, args, data, work):
     if model_path:
         print(f"== {preset}: loading {model_path}", flush=True)
         model, seconds = deploy_bench._load(model_path), None
+    elif epochs == 0:  # sizes and instruction counts only: they do not depend on the weights
+        import keras
+
+        import keras_egt as egt
+
+        print(f"== {preset}: untrained (random weights)", flush=True)
+        keras.utils.set_random_seed(args.seed)
+        model = egt.EarlyExitCNN(9, x_train.shape[1:], widths=preset)
+        model(x_train[:1])
+        seconds = None
     else:
         print(f"== {preset}: training {epochs} epochs (λ = {args.lam})", flush=True)
         model, seconds = deploy_bench._train(preset, x_train, y_train, epochs, args.seed, args.lam)
@@ -61,7 +71,9 @@ def run_preset(preset, args, data, work):
     return {
         "preset": preset,
         "widths": list(model.widths),
-        "model_source": model_path or f"trained here, {epochs} epochs",
+        "model_source": model_path or (f"trained here, {epochs} epochs" if epochs else
+                                       "untrained: sizes and instructions per segment only; "
+                                       "exits and accuracy are not meaningful"),
         "train_seconds": seconds,
         "model_flash_bytes": sum(s["flash_bytes"] for s in manifest["segments"]),
         "host_arena_bytes": max(s["arena_bytes"] for s in manifest["segments"]),
@@ -117,8 +129,8 @@ def main(argv=None):
     parser.add_argument("--presets", nargs="+", default=["micro"], choices=["micro", "paper"])
     parser.add_argument("--epochs", type=int, default=15, help="micro training epochs")
     parser.add_argument("--paper-epochs", type=int, default=2,
-                        help="paper training epochs (sizes and instruction counts do not "
-                        "depend on training; exit shares do)")
+                        help="paper training epochs; 0: untrained (sizes and instructions per "
+                        "segment do not depend on training; exit shares do)")
     parser.add_argument("--lam", type=float, default=0.3)
     parser.add_argument("--model-micro", default=None)
     parser.add_argument("--model-paper", default=None)
