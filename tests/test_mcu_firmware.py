@@ -5,7 +5,8 @@ its labels, exits and int8 confidences are compared with TFLM's Python interpret
 independent runtime: x86 reference kernels). The TFLM library build (minutes) is
 cached across runs under $KERAS_EGT_CACHE_DIR / ~/.cache/keras_egt.
 
-Skipped, with the reason, only where the Arm toolchain or QEMU is not installed (CI
+The firmware tests need the TensorFlow pass (the export); the error-message tests run on
+every backend. Skipped, with the reason, only where the Arm toolchain or QEMU is not installed (CI
 installs them from .ci/run where apt is available) or no TFLM tree is found.
 """
 
@@ -16,8 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-pytestmark = pytest.mark.tensorflow_only
 
 TOOLS = ("arm-none-eabi-gcc", "arm-none-eabi-g++", "arm-none-eabi-size", "qemu-system-arm")
 MISSING_TOOLS = [t for t in TOOLS if shutil.which(t) is None]
@@ -85,6 +84,7 @@ def firmware_run(tiny_deploy, tmp_path_factory):
     return deploy, x[:24], report, out
 
 
+@pytest.mark.tensorflow_only
 @needs_tools
 def test_firmware_is_bit_exact_with_tflm_python(firmware_run):
     from keras_egt.export import load_cascade
@@ -100,6 +100,7 @@ def test_firmware_is_bit_exact_with_tflm_python(firmware_run):
     assert json.loads(Path(out).read_text())["labels"] == report["labels"]
 
 
+@pytest.mark.tensorflow_only
 @needs_tools
 def test_firmware_reports_linker_sizes(firmware_run):
     deploy, _, report, _ = firmware_run
@@ -121,6 +122,7 @@ def test_firmware_reports_linker_sizes(firmware_run):
     assert all(a > 0 for a in report["arena_bytes_per_segment_target"])
 
 
+@pytest.mark.tensorflow_only
 @needs_tools
 def test_firmware_instruction_counts(firmware_run):
     _, _, report, _ = firmware_run
@@ -144,6 +146,7 @@ def test_firmware_instruction_counts(firmware_run):
     assert abs(report["measurement"]["calibration_error_instructions"]) <= 8
 
 
+@pytest.mark.tensorflow_only
 @needs_tools
 def test_firmware_detects_a_mismatch(tiny_deploy, tmp_path, monkeypatch):
     """The comparison can fail: a reference that disagrees is reported, not averaged."""
@@ -183,10 +186,10 @@ def test_missing_tflm_tree_names_the_variable(tmp_path, monkeypatch):
         firmware.find_tflm(tmp_path / "t")
 
 
-def test_cli_missing_tflm_exits_2_with_one_line(tiny_deploy, tmp_path, monkeypatch, capsys):
+def test_cli_missing_tflm_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
     from keras_egt.cli import main
 
-    folder, _ = tiny_deploy
+    folder = tmp_path  # the TFLM tree is looked for first
     monkeypatch.setenv("KERAS_EGT_TFLM_DIR", str(tmp_path / "nowhere"))
     assert main(["firmware", str(folder), "--samples", str(tmp_path / "none.npz")]) == 2
     assert "No such samples file" in capsys.readouterr().err
@@ -194,3 +197,34 @@ def test_cli_missing_tflm_exits_2_with_one_line(tiny_deploy, tmp_path, monkeypat
     assert main(["firmware", str(folder), "--samples", str(tmp_path / "x.npz")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "KERAS_EGT_TFLM_DIR" in lines[0], lines
+
+
+def _fake_tflm(root, makefile="all:\n\t@echo nothing\n"):
+    tree = Path(root)
+    make_dir = tree / "tensorflow/lite/micro/tools/make"
+    for name in ("cmsis_nn", "cmsis", "flatbuffers", "gemmlowp"):
+        (make_dir / "downloads" / name).mkdir(parents=True, exist_ok=True)
+    (make_dir / "Makefile").write_text(makefile)
+    return tree
+
+
+@needs_tools
+def test_tflm_cache_is_keyed_by_the_sources_and_never_half_written(tmp_path):
+    from keras_egt.export import firmware
+
+    gcc = shutil.which("arm-none-eabi-gcc")
+    tree = _fake_tflm(tmp_path / "tflm", "microlite:\n\t@exit 3\n")
+    key = firmware._tree_key(tree, gcc)
+    (tree / "tensorflow/lite/micro/micro_interpreter.cc").write_text("// changed\n")
+    assert firmware._tree_key(tree, gcc) != key
+    key = firmware._tree_key(tree, gcc)[:20]
+    cache = tmp_path / "cache"
+    # A failing build raises with the make output's tail and leaves nothing in the cache.
+    with pytest.raises(RuntimeError, match="building TFLM failed"):
+        firmware.tflm_library(tree, cache)
+    assert list(cache.iterdir()) == []
+    # A finished build under the key is used as is (make is not run again).
+    lib = cache / f"tflm-{key}" / firmware._LIB
+    lib.parent.mkdir(parents=True)
+    lib.write_bytes(b"!<arch>\n")
+    assert firmware.tflm_library(tree, cache) == cache / f"tflm-{key}"

@@ -583,8 +583,8 @@ def run_firmware(deploy_dir, x=None, output=None, tflm_dir=None, cache_dir=None,
         raise ValueError(f"samples_per_image={per_image} needs {per_image * input_bytes} bytes;"
                          f" the emulator holds {room} beside the model.")
     macs = sum(int(s.get("macs") or 0) for s in segments)
-    if timeout is None:  # ~100 emulated MIPS at worst, ~4 instructions per MAC, 2 runs
-        timeout = 120 + 8 * max(macs, 1) * min(n, per_image) / 1e8
+    if timeout is None:  # ~2 instructions per MAC, two runs, >= 20 emulated MIPS on a busy host
+        timeout = 300 + 20 * max(macs, 1) * min(n, per_image) / 1e8
 
     with tempfile.TemporaryDirectory(prefix="keras_egt_firmware_") as work:
         work = Path(work)
