@@ -139,6 +139,8 @@ def main(argv=None):
     parser.add_argument("--paper-samples", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=RESULTS)
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other presets already in --output (run one preset at a time)")
     parser.add_argument("--quick", action="store_true", help="smoke run: micro, 2 epochs, 20 samples")
     args = parser.parse_args(argv)
     if args.quick:
@@ -160,9 +162,18 @@ def main(argv=None):
         "settings": {k: v for k, v in vars(args).items() if k != "output"},
         "presets": {},
     }
+    if args.merge and os.path.exists(args.output):
+        with open(args.output) as f:
+            previous = json.load(f)
+        results["presets"] = {k: v for k, v in previous["presets"].items() if k not in args.presets}
+        results["earlier_runs"] = previous.get("earlier_runs", []) + [
+            {"settings": previous["settings"], "presets": sorted(previous["presets"]),
+             "seconds": previous.get("seconds")}]
     with tempfile.TemporaryDirectory(prefix="keras_egt_firmware_bench_") as work:
         for preset in args.presets:
             results["presets"][preset] = run_preset(preset, args, data, work)
+    results["presets"] = {k: results["presets"][k] for k in ("micro", "paper")
+                          if k in results["presets"]}
     results["seconds"] = time.time() - started
     results["markdown"] = markdown(results)
     os.makedirs(os.path.dirname(args.output), exist_ok=True)

@@ -80,7 +80,8 @@ def firmware_run(tiny_deploy, tmp_path_factory):
     k = len(runner.manifest["segments"])
     deploy = _with_thresholds(folder, tmp_path_factory.mktemp("fw") / "mixed", [t1] + [128] * (k - 2))
     out = tmp_path_factory.mktemp("fw") / "report.json"
-    report = firmware.run_firmware(deploy, x[:24], output=out)
+    # 16 samples per image: the 24 run in two images, as a large sample set would.
+    report = firmware.run_firmware(deploy, x[:24], output=out, samples_per_image=16)
     return deploy, x[:24], report, out
 
 
@@ -114,7 +115,8 @@ def test_firmware_reports_linker_sizes(firmware_run):
     assert fs["tflm"] > 20_000 and fs["kit"] > 0 and fs["harness"] > 0
     # text + data of `arm-none-eabi-size` is the flash image plus the test samples,
     # which the harness keeps outside it (in the emulator's PSRAM).
-    samples_bytes = report["samples"] * math.prod(manifest["segments"][0]["input"]["shape"])
+    assert (report["images"], report["samples_per_image"]) == (2, 16)
+    samples_bytes = 16 * math.prod(manifest["segments"][0]["input"]["shape"])
     assert report["outside_flash"] == {".egt_samples": samples_bytes}
     assert report["flash_bytes"] == report["size"]["text"] + report["size"]["data"] - samples_bytes
     assert rs["arena"] == report["arena_bytes"] == max(report["arena_bytes_per_segment_target"])
@@ -148,10 +150,12 @@ def test_firmware_instruction_counts(firmware_run):
 
 @pytest.mark.tensorflow_only
 @needs_tools
-def test_firmware_detects_a_mismatch(tiny_deploy, tmp_path, monkeypatch):
-    """The comparison can fail: a reference that disagrees is reported, not averaged."""
+def test_cli_reports_a_mismatch(tiny_deploy, tmp_path, monkeypatch, capsys):
+    """The comparison can fail: a reference that disagrees is an error (exit code 1), and
+    the report written says so."""
     _tflm_or_skip()
-    from keras_egt.export import firmware, runtime
+    from keras_egt.cli import main
+    from keras_egt.export import runtime
 
     folder, x = tiny_deploy
     real = runtime.CascadeRunner.predict
@@ -161,9 +165,14 @@ def test_firmware_detects_a_mismatch(tiny_deploy, tmp_path, monkeypatch):
         return (labels + 1) % self.num_classes, exits
 
     monkeypatch.setattr(runtime.CascadeRunner, "predict", shifted)
-    with pytest.raises(firmware.FirmwareMismatchError, match="differs"):
-        firmware.run_firmware(folder, x[:2], output=tmp_path / "fw.json")
-    assert json.loads((tmp_path / "fw.json").read_text())["bit_exact"] is False
+    np.savez(tmp_path / "x.npz", x=x[:3])
+    out = tmp_path / "out" / "fw.json"
+    assert main(["firmware", str(folder), "--samples", str(tmp_path / "x.npz"),
+                 "--output", str(out)]) == 1
+    assert "NOT bit-exact" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["bit_exact"] is False and report["samples"] == 3
+    assert report["mismatches"] == [0, 1, 2]
 
 
 def test_missing_toolchain_names_the_package(tmp_path, monkeypatch):

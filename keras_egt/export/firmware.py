@@ -659,6 +659,8 @@ def run_firmware(deploy_dir, x=None, output=None, tflm_dir=None, cache_dir=None,
     report = {
         "deploy_dir": os.path.abspath(deploy_dir),
         "samples": int(n),
+        "samples_per_image": int(min(per_image, n)),  # sizes are the first image's
+        "images": int(math.ceil(n / per_image)),
         "num_segments": num_segments,
         "bit_exact": bool(len(mismatch) == 0),
         "reference": "keras_egt.export.load_cascade(deploy_dir, runtime='tflm'): predict "
@@ -744,7 +746,7 @@ def format_firmware_report(report):
         "",
         f"{report['samples']} samples: labels and exits "
         + ("bit-exact with" if report["bit_exact"] else "DIFFER from")
-        + " TFLM's Python interpreter; exit shares "
+        + " TFLM's Python interpreter; samples per exit "
         + ", ".join(f"{k + 1}: {c}" for k, c in enumerate(report["exit_counts"])) + ".",
         "",
         f"- flash {report['flash_bytes']:,} bytes ({kib(report['flash_bytes'])}): model "
