@@ -102,9 +102,11 @@ def markdown(results):
         f = r["firmware"]
         est = f["estimated_ms_at_64mhz"]
         where = "" if f["model_region"] == "flash" else " (model in PSRAM: over the 4 MB code memory)"
+        accuracy = ("– (untrained)" if r["model_source"].startswith("untrained")
+                    else f"{100 * r['accuracy']:.1f}%")
         lines.append(
             f"| {r['preset']} {tuple(r['widths'])} | {f['samples']} | {'yes' if f['bit_exact'] else 'NO'} | "
-            f"{100 * r['accuracy']:.1f}% | {f['instructions_with_early_exit']:,} | "
+            f"{accuracy} | {f['instructions_with_early_exit']:,} | "
             f"{f['instructions_final_only']:,} | {f['speedup']:.2f}x | "
             f"{est['with_early_exit']:.1f} / {est['final_only']:.1f} | "
             f"{f['flash_bytes'] / KIB:,.1f} KiB ({f['flash_split']['model'] / KIB:,.1f} / "
