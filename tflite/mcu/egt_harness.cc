@@ -25,7 +25,8 @@
  *   egt-harness 1
  *   calibration <instructions> <ticks>    a subs/bne loop of known length
  *   overhead <ticks>                      one empty measurement (subtracted on the host)
- *   arena <k> <bytes> <used>              (probe) smallest arena for segment k; used bytes
+ *   arena <k> <bytes> <used> <rc>         (probe) smallest arena for segment k, its
+ *                                         arena_used_bytes(), and the status of a run in it
  *   used <k> <arena_used_bytes>           (run) after AllocateTensors, first sample
  *   c <i> <rc> <label> <exit> <conf> <ticks> then per segment <setup> <invoke> (0 0 when
  *     not run)                            the cascade with the export's thresholds
