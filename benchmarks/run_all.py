@@ -26,6 +26,7 @@ BENCHMARKS = [
     ("benchmarks/datasets.py", ["--epochs", "25", "--egt"], ["--quick"]),
     ("benchmarks/cascade.py", [], ["--quick"]),
     ("benchmarks/deploy.py", [], ["--quick"]),
+    ("benchmarks/firmware.py", [], ["--quick"]),
     ("benchmarks/reproduce.py", [], ["--quick"]),
     # The same sweep at micro widths: the deployable model, and 50 epochs that a
     # 2-core CPU finishes in well under an hour. No quick variant (the one above is it).
@@ -296,6 +297,21 @@ def _section_datasets(lines):
     ]
 
 
+def _section_firmware(lines):
+    """Table II on the emulated Cortex-M4 (benchmarks/firmware.py), self-contained."""
+    data = _load("firmware")
+    if not data:
+        return
+    lines += [
+        "## Table II on an emulated Cortex-M4: TFLM + CMSIS-NN firmware (benchmarks/firmware.py)",
+        "",
+        data["markdown"],
+        "",
+        "Every figure: `benchmarks/results/firmware.json`.",
+        "",
+    ]
+
+
 def write_report(path=os.path.join(HERE, "RESULTS.md")):
     """Writes RESULTS.md from benchmarks/results/*.json."""
     lines = [
@@ -314,6 +330,7 @@ def write_report(path=os.path.join(HERE, "RESULTS.md")):
         _section_reproduction(lines, name, f"Paper reproduction, {label}")
     _section_generic(lines, "cascade", "Cascade speedup vs the oracle bound (benchmarks/cascade.py)")
     _section_generic(lines, "deploy", "Deployment: int8 split cascade on LiteRT and TFLM (benchmarks/deploy.py)")
+    _section_firmware(lines)
     _section_datasets(lines)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

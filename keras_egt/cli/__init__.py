@@ -10,7 +10,7 @@ import importlib
 import sys
 
 # Modules of keras_egt.cli, in the order their commands appear in --help.
-_COMMAND_MODULES = ["demo", "data", "train", "tune", "evaluate", "explain", "export"]
+_COMMAND_MODULES = ["demo", "data", "train", "tune", "evaluate", "explain", "export", "firmware"]
 
 
 class CLIError(Exception):

@@ -4,6 +4,7 @@
     runner = egt.export.load_cascade("deploy/", runtime="tflm")   # or "litert"
     labels, exits = runner.predict(x_test)
     print(runner.report())
+    report = egt.export.run_firmware("deploy/")     # Cortex-M4 firmware, emulated
 
 `export_cascade` needs TensorFlow (on another Keras backend it runs itself in a
 TensorFlow-backend subprocess); `load_cascade` needs only `ai-edge-litert` or
@@ -13,6 +14,7 @@ Importing this module imports none of them.
 """
 
 from keras_egt.export.exporter import export_cascade
+from keras_egt.export.firmware import FirmwareMismatchError, run_firmware, tflm_library
 from keras_egt.export.qat import quantization_aware_export, quantization_aware_finetune
 from keras_egt.export.runtime import (
     CascadeRunner,
@@ -26,6 +28,7 @@ from keras_egt.export.segments import Segment, build_segments, segment_inputs
 
 __all__ = [
     "CascadeRunner",
+    "FirmwareMismatchError",
     "Segment",
     "build_segments",
     "decide_int8",
@@ -36,5 +39,7 @@ __all__ = [
     "quantization_aware_export",
     "quantization_aware_finetune",
     "read_manifest",
+    "run_firmware",
     "segment_inputs",
+    "tflm_library",
 ]

@@ -1,0 +1,191 @@
+"""Table II on an emulated Cortex-M4: the int8 cascade as TFLM + CMSIS-NN firmware.
+
+For each preset: train an EGT model (λ = 0.3) on the built-in radar set (or load one
+with --model-micro / --model-paper), export it (PTQ, 256 calibration samples, threshold
+0.9), and run `keras_egt.export.firmware.run_firmware` on the first --samples radar test
+samples: the firmware under qemu-system-arm -M mps2-an386, bit-exact against TFLM's
+Python interpreter. Reported: instructions per sample with and without early exit, the
+speedup, the estimated time at 64 MHz (an instruction-count estimate), and the
+full-image flash and RAM against the nRF52840 (1 MB flash, 256 KB RAM).
+
+    KERAS_EGT_CACHE_DIR=... python benchmarks/firmware.py                 # micro, 200 samples
+    python benchmarks/firmware.py --presets micro paper --paper-samples 16
+    python benchmarks/firmware.py --quick                                 # smoke run
+
+Writes benchmarks/results/firmware.json (with a markdown summary).
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+RESULTS = os.path.join(HERE, "results", "firmware.json")
+KIB = 1024
+NRF52840_FLASH, NRF52840_RAM = 1024 * KIB, 256 * KIB
+
+
+def run_preset(preset, args, data, work):
+    import numpy as np
+
+    from keras_egt import export
+    from keras_egt.export import firmware
+    import deploy as deploy_bench  # benchmarks/deploy.py: the same training recipe
+
+    (x_train, y_train), (x_test, y_test) = data
+    model_path = getattr(args, f"model_{preset}")
+    epochs = args.epochs if preset == "micro" else args.paper_epochs
+    if model_path:
+        print(f"== {preset}: loading {model_path}", flush=True)
+        model, seconds = deploy_bench._load(model_path), None
+    elif epochs == 0:  # sizes and instruction counts only: they do not depend on the weights
+        import keras
+
+        import keras_egt as egt
+
+        print(f"== {preset}: untrained (random weights)", flush=True)
+        keras.utils.set_random_seed(args.seed)
+        model = egt.EarlyExitCNN(9, x_train.shape[1:], widths=preset)
+        model(x_train[:1])
+        seconds = None
+    else:
+        print(f"== {preset}: training {epochs} epochs (λ = {args.lam})", flush=True)
+        model, seconds = deploy_bench._train(preset, x_train, y_train, epochs, args.seed, args.lam)
+    rng = np.random.default_rng(args.seed)
+    calibration = x_train[np.sort(rng.choice(len(x_train), min(256, len(x_train)), replace=False))]
+    folder = os.path.join(work, preset)
+    manifest = export.export_cascade(model, folder, calibration, threshold=args.threshold)
+    samples = args.samples if preset == "micro" else args.paper_samples
+    x = x_test[:samples]
+    report = firmware.run_firmware(folder, x, output=False, verbose=True)
+    labels = np.array(report["labels"])
+    print(firmware.format_firmware_report(report), flush=True)
+    return {
+        "preset": preset,
+        "widths": list(model.widths),
+        "model_source": model_path or (f"trained here, {epochs} epochs" if epochs else
+                                       "untrained: sizes and instructions per segment only; "
+                                       "exits and accuracy are not meaningful"),
+        "train_seconds": seconds,
+        "model_flash_bytes": sum(s["flash_bytes"] for s in manifest["segments"]),
+        "host_arena_bytes": max(s["arena_bytes"] for s in manifest["segments"]),
+        "accuracy": float(np.mean(labels == y_test[:samples])),
+        "fits_nrf52840": report["flash_bytes"] <= NRF52840_FLASH and report["ram_bytes"] <= NRF52840_RAM,
+        "firmware": {k: v for k, v in report.items()
+                     if k not in ("labels", "exits", "confidences_int8", "final_only_labels",
+                                  "instructions_per_sample", "deploy_dir")},
+    }
+
+
+def markdown(results):
+    """The RESULTS.md section (also in the JSON)."""
+    lines = [
+        "Emulated MPS2 AN386 (Cortex-M4, `qemu-system-arm -icount`), TFLM + CMSIS-NN, one shared "
+        "arena; instructions counted by the emulated clock (see tflite/README.md section 9). "
+        "Time at 64 MHz is an instruction-count estimate (1 instruction = 1 cycle), not "
+        "cycle-accurate. Flash and RAM are the whole image from the linker (model + TFLM "
+        "runtime + kit + harness code + C library; RAM = data + bss + arena + heap + peak "
+        "stack), against the nRF52840's 1 MB flash and 256 KB RAM.",
+        "",
+        "| preset | samples | bit-exact vs TFLM Python | accuracy | instructions/sample, early exit | final exit only | speedup | est. ms at 64 MHz (exit / final) | flash (model / TFLM) | RAM (arena) | fits nRF52840 |",
+        "|---|---:|---|---:|---:|---:|---:|---|---|---|---|",
+    ]
+    for r in results["presets"].values():
+        f = r["firmware"]
+        est = f["estimated_ms_at_64mhz"]
+        where = "" if f["model_region"] == "flash" else " (model in PSRAM: over the 4 MB code memory)"
+        accuracy = ("– (untrained)" if r["model_source"].startswith("untrained")
+                    else f"{100 * r['accuracy']:.1f}%")
+        lines.append(
+            f"| {r['preset']} {tuple(r['widths'])} | {f['samples']} | {'yes' if f['bit_exact'] else 'NO'} | "
+            f"{accuracy} | {f['instructions_with_early_exit']:,} | "
+            f"{f['instructions_final_only']:,} | {f['speedup']:.2f}x | "
+            f"{est['with_early_exit']:.1f} / {est['final_only']:.1f} | "
+            f"{f['flash_bytes'] / KIB:,.1f} KiB ({f['flash_split']['model'] / KIB:,.1f} / "
+            f"{f['flash_split']['tflm'] / KIB:,.1f}){where} | {f['ram_bytes'] / KIB:,.1f} KiB "
+            f"({f['ram_split']['arena'] / KIB:,.1f}) | {'yes' if r['fits_nrf52840'] else 'NO'} |")
+    for r in results["presets"].values():
+        f = r["firmware"]
+        lines += [
+            "",
+            f"{r['preset']} ({r['model_source']}): exit counts {f['exit_counts']}; instructions per "
+            "segment " + ", ".join(f"{v:,}" for v in f["instructions_per_segment"])
+            + " (of which AllocateTensors and copies: "
+            + ", ".join(f"{v:,}" for v in f["setup_instructions_per_segment"]) + "); arena per "
+            f"segment on the target {f['arena_bytes_per_segment_target']} vs host "
+            f"{f['arena_bytes_per_segment_host']} bytes; peak stack {f['ram_split']['stack']:,} B.",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["micro"], choices=["micro", "paper"])
+    parser.add_argument("--epochs", type=int, default=15, help="micro training epochs")
+    parser.add_argument("--paper-epochs", type=int, default=2,
+                        help="paper training epochs; 0: untrained (sizes and instructions per "
+                        "segment do not depend on training; exit shares do)")
+    parser.add_argument("--lam", type=float, default=0.3)
+    parser.add_argument("--model-micro", default=None)
+    parser.add_argument("--model-paper", default=None)
+    parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--samples", type=int, default=200, help="micro: radar test samples")
+    parser.add_argument("--paper-samples", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=RESULTS)
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other presets already in --output (run one preset at a time)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: micro, 2 epochs, 20 samples")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.presets, args.epochs, args.samples = ["micro"], 2, 20
+        if args.output == RESULTS:
+            args.output = os.path.join(HERE, "results", "firmware_quick.json")
+
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        sys.exit("benchmarks/firmware.py needs KERAS_BACKEND=tensorflow (export).")
+    from keras_egt.datasets import radar_gestures
+
+    started = time.time()
+    data = radar_gestures.load_data()
+    results = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "python": platform.python_version()},
+        "settings": {k: v for k, v in vars(args).items() if k != "output"},
+        "presets": {},
+    }
+    if args.merge and os.path.exists(args.output):
+        with open(args.output) as f:
+            previous = json.load(f)
+        results["presets"] = {k: v for k, v in previous["presets"].items() if k not in args.presets}
+        results["earlier_runs"] = previous.get("earlier_runs", []) + [
+            {"settings": previous["settings"], "presets": sorted(previous["presets"]),
+             "seconds": previous.get("seconds")}]
+    with tempfile.TemporaryDirectory(prefix="keras_egt_firmware_bench_") as work:
+        for preset in args.presets:
+            results["presets"][preset] = run_preset(preset, args, data, work)
+    results["presets"] = {k: results["presets"][k] for k in ("micro", "paper")
+                          if k in results["presets"]}
+    results["seconds"] = time.time() - started
+    results["markdown"] = markdown(results)
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    tmp = args.output + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(tmp, args.output)
+    print(results["markdown"])
+    print(f"Wrote {args.output} ({results['seconds'] / 60:.1f} min).")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""The cascade as Cortex-M4 firmware (keras_egt.export.firmware), on an emulated MPS2 AN386.
+
+A tiny exported cascade is built with TFLM + CMSIS-NN, run under qemu-system-arm, and
+its labels, exits and int8 confidences are compared with TFLM's Python interpreter (an
+independent runtime: x86 reference kernels). The TFLM library build (minutes) is
+cached across runs under $KERAS_EGT_CACHE_DIR / ~/.cache/keras_egt.
+
+The firmware tests need the TensorFlow pass (the export); the error-message tests run on
+every backend. Skipped, with the reason, only where the Arm toolchain or QEMU is not installed (CI
+installs them from .ci/run where apt is available) or no TFLM tree is found.
+"""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TOOLS = ("arm-none-eabi-gcc", "arm-none-eabi-g++", "arm-none-eabi-size", "qemu-system-arm")
+MISSING_TOOLS = [t for t in TOOLS if shutil.which(t) is None]
+needs_tools = pytest.mark.skipif(
+    bool(MISSING_TOOLS),
+    reason=f"{', '.join(MISSING_TOOLS)} not installed (apt-get install gcc-arm-none-eabi "
+    "libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm; .ci/run does)",
+)
+
+
+def _tflm_or_skip():
+    from keras_egt.export import firmware
+
+    try:
+        return firmware.find_tflm()
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
+
+
+@pytest.fixture(scope="module")
+def tiny_deploy(tmp_path_factory):
+    import keras
+
+    import keras_egt as egt
+    from conftest import blob_task
+
+    x, y = blob_task(n=160, size=32, channels=2, num_classes=3, seed=5)
+    keras.utils.set_random_seed(7)
+    model = egt.EarlyExitCNN(3, (32, 32, 2), widths=(4, 8, 8, 8, 8))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    model.fit(x[:96], y[:96], epochs=4, batch_size=32, verbose=0)
+    folder = tmp_path_factory.mktemp("fw") / "deploy"
+    egt.export.export_cascade(model, str(folder), representative_data=x[:64], threshold=0.9)
+    return folder, x[96:]
+
+
+def _with_thresholds(folder, out, thresholds_int8):
+    """A copy of a deploy folder whose exits fire at the given int8 thresholds."""
+    shutil.copytree(folder, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for seg, t in zip(manifest["segments"][:-1], thresholds_int8):
+        seg["threshold_int8"] = int(t)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+@pytest.fixture(scope="module")
+def firmware_run(tiny_deploy, tmp_path_factory):
+    """One firmware run with thresholds that make several exits fire on these samples."""
+    if MISSING_TOOLS:
+        pytest.skip(f"{', '.join(MISSING_TOOLS)} not installed")
+    _tflm_or_skip()
+    from keras_egt.export import firmware, load_cascade
+
+    folder, x = tiny_deploy
+    runner = load_cascade(folder, runtime="tflm")
+    confidence = runner.run_segments(x).max(-1)  # (segments, n)
+    # Exit 1 fires for about a third of the samples; exits 2.. never, so the rest run
+    # to the final exit: both an exit-1 and a final-exit sample occur.
+    t1 = int(np.percentile(confidence[0], 67))
+    k = len(runner.manifest["segments"])
+    deploy = _with_thresholds(folder, tmp_path_factory.mktemp("fw") / "mixed", [t1] + [128] * (k - 2))
+    out = tmp_path_factory.mktemp("fw") / "report.json"
+    # 16 samples per image: the 24 run in two images, as a large sample set would.
+    report = firmware.run_firmware(deploy, x[:24], output=out, samples_per_image=16)
+    return deploy, x[:24], report, out
+
+
+@pytest.mark.tensorflow_only
+@needs_tools
+def test_firmware_is_bit_exact_with_tflm_python(firmware_run):
+    from keras_egt.export import load_cascade
+
+    deploy, x, report, out = firmware_run
+    labels, exits = load_cascade(deploy, runtime="tflm").predict(x)
+    assert report["bit_exact"] is True
+    assert report["samples"] == len(x) == 24
+    np.testing.assert_array_equal(report["labels"], labels)
+    np.testing.assert_array_equal(report["exits"], exits)
+    k = report["num_segments"]
+    assert {0, k - 1} <= set(report["exits"])  # the thresholds made both happen
+    assert json.loads(Path(out).read_text())["labels"] == report["labels"]
+
+
+@pytest.mark.tensorflow_only
+@needs_tools
+def test_firmware_reports_linker_sizes(firmware_run):
+    deploy, _, report, _ = firmware_run
+    manifest = json.loads((Path(deploy) / "manifest.json").read_text())
+    model_bytes = sum(s["flash_bytes"] for s in manifest["segments"])
+    fs, rs = report["flash_split"], report["ram_split"]
+    assert sum(fs.values()) == report["flash_bytes"]
+    assert sum(rs.values()) == report["ram_bytes"]
+    # The model arrays are the segment files, plus their pointer and length tables.
+    assert model_bytes <= fs["model"] <= model_bytes + 24 * len(manifest["segments"])
+    assert fs["tflm"] > 20_000 and fs["kit"] > 0 and fs["harness"] > 0
+    # text + data of `arm-none-eabi-size` is the flash image plus the test samples,
+    # which the harness keeps outside it (in the emulator's PSRAM).
+    assert (report["images"], report["samples_per_image"]) == (2, 16)
+    samples_bytes = 16 * math.prod(manifest["segments"][0]["input"]["shape"])
+    assert report["outside_flash"] == {".egt_samples": samples_bytes}
+    assert report["flash_bytes"] == report["size"]["text"] + report["size"]["data"] - samples_bytes
+    assert rs["arena"] == report["arena_bytes"] == max(report["arena_bytes_per_segment_target"])
+    assert 0 < rs["stack"] < report["stack_reserved_bytes"]
+    assert all(a > 0 for a in report["arena_bytes_per_segment_target"])
+
+
+@pytest.mark.tensorflow_only
+@needs_tools
+def test_firmware_instruction_counts(firmware_run):
+    _, _, report, _ = firmware_run
+    k = report["num_segments"]
+    per_segment = report["instructions_per_segment"]
+    assert len(per_segment) == k and all(v > 0 for v in per_segment)
+    exits = np.array(report["exits"])
+    per_sample = np.array(report["instructions_per_sample"])
+    first, last = per_sample[exits == 0], per_sample[exits == k - 1]
+    assert first.size and last.size
+    assert first.max() < last.min()  # an exit-1 sample costs less than a final-exit one
+    # A final-exit sample ran every segment: its cost is about the sum of the segments'.
+    assert abs(np.mean(last) - sum(per_segment)) < 0.02 * sum(per_segment)
+    assert report["instructions_final_only"] > report["instructions_with_early_exit"] > 0
+    assert report["speedup"] == pytest.approx(
+        report["instructions_final_only"] / report["instructions_with_early_exit"], rel=1e-3)
+    est = report["estimated_ms_at_64mhz"]
+    assert est["with_early_exit"] == pytest.approx(
+        1e3 * report["instructions_with_early_exit"] / 64e6, rel=1e-3)
+    assert "estimate" in est["basis"]
+    assert abs(report["measurement"]["calibration_error_instructions"]) <= 8
+
+
+@pytest.mark.tensorflow_only
+@needs_tools
+def test_cli_reports_a_mismatch(tiny_deploy, tmp_path, monkeypatch, capsys):
+    """The comparison can fail: a reference that disagrees is an error (exit code 1), and
+    the report written says so."""
+    _tflm_or_skip()
+    from keras_egt.cli import main
+    from keras_egt.export import runtime
+
+    folder, x = tiny_deploy
+    real = runtime.CascadeRunner.predict
+
+    def shifted(self, q):
+        labels, exits = real(self, q)
+        return (labels + 1) % self.num_classes, exits
+
+    monkeypatch.setattr(runtime.CascadeRunner, "predict", shifted)
+    np.savez(tmp_path / "x.npz", x=x[:3])
+    out = tmp_path / "out" / "fw.json"
+    assert main(["firmware", str(folder), "--samples", str(tmp_path / "x.npz"),
+                 "--output", str(out)]) == 1
+    assert "NOT bit-exact" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["bit_exact"] is False and report["samples"] == 3
+    assert report["mismatches"] == [0, 1, 2]
+
+
+def test_missing_toolchain_names_the_package(tmp_path, monkeypatch):
+    from keras_egt.export import firmware
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="arm-none-eabi-gcc not found.*gcc-arm-none-eabi"):
+        firmware.find_toolchain()
+
+
+def test_missing_tflm_tree_names_the_variable(tmp_path, monkeypatch):
+    from keras_egt.export import firmware
+
+    monkeypatch.setenv(firmware.TFLM_DIR_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="KERAS_EGT_TFLM_DIR"):
+        firmware.find_tflm()
+    (tmp_path / "t/tensorflow/lite/micro/tools/make").mkdir(parents=True)
+    (tmp_path / "t/tensorflow/lite/micro/tools/make/Makefile").write_text("")
+    with pytest.raises(FileNotFoundError, match="third-party downloads"):
+        firmware.find_tflm(tmp_path / "t")
+
+
+def test_cli_missing_tflm_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
+    from keras_egt.cli import main
+
+    folder = tmp_path  # the TFLM tree is looked for first
+    monkeypatch.setenv("KERAS_EGT_TFLM_DIR", str(tmp_path / "nowhere"))
+    assert main(["firmware", str(folder), "--samples", str(tmp_path / "none.npz")]) == 2
+    assert "No such samples file" in capsys.readouterr().err
+    np.savez(tmp_path / "x.npz", x=np.zeros((2, 32, 32, 2), np.float32))
+    assert main(["firmware", str(folder), "--samples", str(tmp_path / "x.npz")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "KERAS_EGT_TFLM_DIR" in lines[0], lines
+
+
+def _fake_tflm(root, makefile="all:\n\t@echo nothing\n"):
+    tree = Path(root)
+    make_dir = tree / "tensorflow/lite/micro/tools/make"
+    for name in ("cmsis_nn", "cmsis", "flatbuffers", "gemmlowp"):
+        (make_dir / "downloads" / name).mkdir(parents=True, exist_ok=True)
+    (make_dir / "Makefile").write_text(makefile)
+    return tree
+
+
+@needs_tools
+def test_tflm_cache_is_keyed_by_the_sources_and_never_half_written(tmp_path):
+    from keras_egt.export import firmware
+
+    gcc = shutil.which("arm-none-eabi-gcc")
+    tree = _fake_tflm(tmp_path / "tflm", "microlite:\n\t@exit 3\n")
+    key = firmware._tree_key(tree, gcc)
+    (tree / "tensorflow/lite/micro/micro_interpreter.cc").write_text("// changed\n")
+    assert firmware._tree_key(tree, gcc) != key
+    key = firmware._tree_key(tree, gcc)[:20]
+    cache = tmp_path / "cache"
+    # A failing build raises with the make output's tail and leaves nothing in the cache.
+    with pytest.raises(RuntimeError, match="building TFLM failed"):
+        firmware.tflm_library(tree, cache)
+    assert list(cache.iterdir()) == []
+    # A finished build under the key is used as is (make is not run again).
+    lib = cache / f"tflm-{key}" / firmware._LIB
+    lib.parent.mkdir(parents=True)
+    lib.write_bytes(b"!<arch>\n")
+    assert firmware.tflm_library(tree, cache) == cache / f"tflm-{key}"
