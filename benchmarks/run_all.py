@@ -27,6 +27,10 @@ BENCHMARKS = [
     ("benchmarks/cascade.py", [], ["--quick"]),
     ("benchmarks/deploy.py", [], ["--quick"]),
     ("benchmarks/firmware.py", [], ["--quick"]),
+    ("benchmarks/split_overhead.py", [], ["--samples", "10", "--epochs", "0", "--output",
+                                          "benchmarks/results/split_overhead_quick.json"]),
+    ("benchmarks/compiled_cascade.py", [], ["--epochs", "1", "--samples", "10", "--output",
+                                            "benchmarks/results/compiled_cascade_quick.json"]),
     ("benchmarks/reproduce.py", [], ["--quick"]),
     # The same sweep at micro widths: the deployable model, and 50 epochs that a
     # 2-core CPU finishes in well under an hour. No quick variant (the one above is it).
@@ -312,6 +316,64 @@ def _section_firmware(lines):
     ]
 
 
+def _section_compiled_cascade(lines):
+    """Float batch-1 time: the one-call compiled cascade vs one call per segment."""
+    rows = []
+    for backend in ("tensorflow", "jax", "torch"):
+        data = _load(f"compiled_cascade_{backend}")
+        if not data:
+            continue
+        for run in data["runs"]:
+            rows.append(
+                f"| {backend} | {','.join(map(str, data['widths']))}, {data['epochs']} ep. | "
+                f"{run['threshold']:g} | {run['mac_speedup']:.2f}x | "
+                f"{run['time_speedup_compiled']:.2f}x | {run['time_speedup_segmented']:.2f}x | "
+                f"{run['time_over_mac_speedup_compiled']:.2f} (target ≥ 0.8) | "
+                f"{run['mean_ms']['final_only']:.2f} / {run['mean_ms']['compiled']:.2f} / "
+                f"{run['mean_ms']['segmented']:.2f} |")
+    if not rows:
+        return
+    lines += [
+        "## Float batch-1 cascade: one compiled call (benchmarks/compiled_cascade.py)",
+        "",
+        "| Backend | Model | Threshold | MAC speedup | Time speedup, one call | Time speedup, "
+        "per-segment calls | One call / MAC speedup | ms: final only / one call / per segment |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "Every figure: `benchmarks/results/compiled_cascade_<backend>.json`.",
+        "",
+    ]
+
+
+def _section_split_overhead(lines):
+    """TFLM: the K segments back to back vs the unsplit int8 models."""
+    data = _load("split_overhead")
+    if not data:
+        return
+    mean = data["mean_ms"]
+    lines += [
+        "## Split overhead on TFLM (benchmarks/split_overhead.py)",
+        "",
+        f"Widths {','.join(map(str, data['widths']))}, {data['samples']} samples, batch 1, "
+        "thread CPU time (mean ms):",
+        "",
+        "| final only (unsplit) | every head (unsplit) | segments, invoke only | segments, runtime.py |",
+        "|---|---|---|---|",
+        f"| {mean['final_only']:.3f} | {mean['unsplit_all_heads']:.3f} | "
+        f"{mean['segments_invoke']:.3f} | {mean['segments_runtime']:.3f} |",
+        "",
+        f"Segments vs final only: {100 * data['split_overhead_vs_final_only_runtime']:+.1f}% "
+        f"(target ≤ +5%). Of that: the early heads {100 * data['early_heads_overhead_time']:+.1f}% "
+        f"(their MACs: {100 * data['early_heads_overhead_macs']:+.1f}%), the cuts "
+        f"{100 * data['cut_overhead_time']:+.1f}%, Python in runtime.py "
+        f"{100 * data['python_overhead_time']:+.1f}%.",
+        "",
+        "Every figure: `benchmarks/results/split_overhead.json`.",
+        "",
+    ]
+
+
 def write_report(path=os.path.join(HERE, "RESULTS.md")):
     """Writes RESULTS.md from benchmarks/results/*.json."""
     lines = [
@@ -331,6 +393,8 @@ def write_report(path=os.path.join(HERE, "RESULTS.md")):
     _section_generic(lines, "cascade", "Cascade speedup vs the oracle bound (benchmarks/cascade.py)")
     _section_generic(lines, "deploy", "Deployment: int8 split cascade on LiteRT and TFLM (benchmarks/deploy.py)")
     _section_firmware(lines)
+    _section_compiled_cascade(lines)
+    _section_split_overhead(lines)
     _section_datasets(lines)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

@@ -2,6 +2,7 @@
 
 from keras_egt import callbacks
 from keras_egt import cascade
+from keras_egt import compiled_cascade
 from keras_egt import costs
 from keras_egt import datasets
 from keras_egt import evaluation
@@ -14,6 +15,7 @@ from keras_egt import recipe
 from keras_egt import stages
 from keras_egt import tuning
 from keras_egt.cascade import Cascade, calibrate_thresholds
+from keras_egt.compiled_cascade import CompiledCascade
 from keras_egt.evaluation import evaluate
 from keras_egt.layers import ConvBlock, ExitHead, SpatialAttention, spatial_softmax
 from keras_egt.losses import attention_consistency, consistency_loss, exit_consistencies

@@ -312,7 +312,8 @@ class Cascade:
 
         Args:
             x: inputs `(n, H, W, C)`.
-            batch_size: samples entering the cascade together.
+            batch_size: samples entering the cascade together. At 1, each sample runs
+                as one compiled call (`keras_egt.compiled_cascade.CompiledCascade`).
 
         Returns:
             `(labels, exits)`: int64 numpy arrays `(n,)`; `exits[i]` is the 0-based
@@ -323,6 +324,11 @@ class Cascade:
         """
         x = np.asarray(x)
         check_inputs(x, self.model.image_shape, "x")
+        if batch_size == 1:
+            # Batch 1 is the edge case: the whole path as one compiled call per sample.
+            from keras_egt.compiled_cascade import CompiledCascade
+
+            return CompiledCascade(self.model, self.thresholds, self.criterion).predict(x)
         labels = np.zeros(len(x), np.int64)
         exits = np.zeros(len(x), np.int64)
         for part in metrics.batches(len(x), batch_size):

@@ -17,12 +17,13 @@ One call runs the model over a test set once (in batches) and reports:
 **Timing** is wall clock at batch size 1, the way an edge device runs: one sample at
 a time, a few warm-up samples first (which also trace every segment), on at most
 `timing_samples` samples, layers called with `training=False`. *With early exit*
-runs segment 1 (stage 1 + head 1), decides, and goes on segment by segment only
-while no exit is confident; *without early exit* runs every stage and the final
-head. Each segment, and the no-early-exit path, runs as one compiled function
-(`tf.function` / `jax.jit`; PyTorch eager under `no_grad`), as an edge runtime runs
-one model per segment. The two paths are interleaved sample by sample (alternating
-which goes first), so machine noise hits both alike. The absolute figures are the
+runs stage 1 and head 1, decides, and goes on stage by stage only while no exit is
+confident; *without early exit* runs every stage and the final head. Compiled (the
+default), each path is one traced call (`tf.function` / `jax.jit`; PyTorch eager
+under `no_grad`): the early-exit path is `keras_egt.compiled_cascade.CompiledCascade`,
+every stage, exit test and branch in one graph whose untaken branches never run, so
+a sample pays one dispatch wherever it leaves. The two paths are interleaved sample
+by sample (alternating which goes first), so machine noise hits both alike. The absolute figures are the
 framework's on this host, not a microcontroller's; the ratio is what carries over.
 """
 
@@ -311,6 +312,22 @@ def _timed_paths(model, thresholds, criterion, compiled):
     stages = [segment(k) for k in range(model.num_exits)]
     full = metrics.compile_inference(full_fn) if compiled else full_fn
 
+    def without_early_exit(sample):
+        h = ops.convert_to_tensor(sample, dtype=model.compute_dtype)
+        return int(np.argmax(ops.convert_to_numpy(full(h))[0]))
+
+    if compiled:
+        # The whole early-exit path as one traced call (stages, exit tests, branches).
+        from keras_egt.compiled_cascade import CompiledCascade
+
+        run = CompiledCascade(model, thresholds, criterion)
+
+        def with_early_exit(sample):
+            label, k = run(sample)
+            return k, label
+
+        return with_early_exit, without_early_exit, with_early_exit
+
     def with_early_exit(sample):
         h = ops.convert_to_tensor(sample, dtype=model.compute_dtype)
         for k in range(model.num_exits):
@@ -318,10 +335,6 @@ def _timed_paths(model, thresholds, criterion, compiled):
             p = metrics.softmax(logits)  # reads the value: waits for the computation
             if k == last or egt_cascade.should_exit(p, thresholds[k], criterion)[0]:
                 return k, int(np.argmax(p[0]))
-
-    def without_early_exit(sample):
-        h = ops.convert_to_tensor(sample, dtype=model.compute_dtype)
-        return int(np.argmax(ops.convert_to_numpy(full(h))[0]))
 
     def every_stage(sample):
         # Warm-up: traces and runs every segment, whichever exit the sample would take.
@@ -337,11 +350,11 @@ def time_per_sample(model, x, threshold=0.9, criterion=None,
                     samples=DEFAULT_TIMING_SAMPLES, warmup=WARMUP_SAMPLES, compiled=True):
     """Batch-1 wall-clock ms per sample with and without early exit.
 
-    See the module docstring for the protocol. With `compiled=True` each exit segment
-    (stage k + head k) and the no-early-exit path (every stage + the final head) run as one
-    compiled function (`tf.function` / `jax.jit`; PyTorch eager under `no_grad`), as an
-    edge runtime runs one model per segment; `compiled=False` calls the Keras layers
-    eagerly one by one.
+    See the module docstring for the protocol. With `compiled=True` the early-exit path
+    (`CompiledCascade`: every stage, exit test and branch) and the no-early-exit path
+    (every stage + the final head) each run as one compiled function (`tf.function` /
+    `jax.jit`; PyTorch eager under `no_grad`); `compiled=False` calls the Keras layers
+    eagerly one by one, segment by segment.
 
     Args:
         model: an `EarlyExitModel` (e.g. an `EarlyExitCNN`).

@@ -30,3 +30,17 @@ def test_demo_end_to_end_on_tiny_settings(tmp_path, monkeypatch):
     manifest = json.loads((out / "deploy" / "manifest.json").read_text())
     assert len(manifest["segments"]) == 5
     assert os.path.exists(out / "egt.keras") and os.path.exists(out / "baseline.keras")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["flash_bytes"] == sum(s["flash_bytes"] for s in manifest["segments"])
+    assert summary["arena_bytes"] == max(s["arena_bytes"] for s in manifest["segments"])
+    assert set(summary["cascades"]) == {"threshold_0.9", "calibrated"}
+    for entry in summary["cascades"].values():
+        for key in ("accuracy", "final_exit_accuracy", "tflm_accuracy"):
+            assert 0 <= entry[key] <= 1
+        for key in ("mac_speedup", "float_time_speedup", "tflm_time_speedup"):
+            assert entry[key] > 0
+        # The verdict is stated either way.
+        assert ("does not pay off" in report) == any(
+            entry[k] <= 1 for entry in summary["cascades"].values()
+            for k in ("mac_speedup", "float_time_speedup", "tflm_time_speedup"))
+    assert "Table II on the int8 TFLM interpreter" in report

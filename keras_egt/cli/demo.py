@@ -123,6 +123,11 @@ def run(args):
             f"agreement with the float cascade: labels {100 * np.mean(labels == float_labels):.2f}%, "
             f"exits {100 * np.mean(exits == float_exits):.2f}%.\n\n" + runner.report()
         )
+        summary, summary_text = _deployment_summary(
+            settings, egt_model, deploy, x_fit[:256], x_test, y_test, out,
+            {f"threshold_{args.threshold:g}": (reports[egt_name], args.threshold),
+             "calibrated": (calibrated, thresholds)})
+        deploy_text += "\n\n" + summary_text
 
     minutes = (time.time() - started) / 60
     report_path = os.path.join(out, "report.md")
@@ -134,6 +139,76 @@ def run(args):
     print(f"\nDone in {minutes:.1f} min. Report: {report_path}")
     print("Plots: " + ", ".join(os.path.relpath(p) for p in plots.values()))
     return 0
+
+
+def _deployment_summary(settings, model, deploy, calibration, x_test, y_test, out, cascades):
+    """Table II on the int8 TFLM interpreter and `OUTPUT/summary.json`, per cascade.
+
+    Every speedup is against the same model without early exit: the float final exit
+    alone (MACs, float batch-1 time) and the unsplit int8 final-only model exported
+    through the same converter path (TFLM batch-1 time).
+    """
+    import numpy as np
+
+    import keras_egt as egt
+    from keras_egt.export.final_only import int8_thresholds
+
+    manifest = egt.export.read_manifest(deploy)
+    final_only = egt.export.export_final_only(model, calibration,
+                                              os.path.join(out, "final_only.tflite"))
+    runner = egt.export.load_cascade(deploy, runtime="tflm")
+    widths = settings["widths"]
+    summary = {"preset": widths if isinstance(widths, str) else ",".join(map(str, widths)),
+               "flash_bytes": sum(seg["flash_bytes"] for seg in manifest["segments"]),
+               "arena_bytes": max(seg["arena_bytes"] for seg in manifest["segments"]),
+               "final_only_flash_bytes": final_only["flash_bytes"],
+               "final_only_arena_bytes": final_only["arena_bytes"], "cascades": {}}
+    lines = ["### Table II on the int8 TFLM interpreter (batch 1)", "",
+             "| Cascade | With Early Exit (ms) | Without Early Exit (ms) | TFLM speedup "
+             "| Float speedup | MAC speedup | TFLM acc. (%) |", "|---|---|---|---|---|---|---|"]
+    verdicts = []
+    for name, (report, threshold) in cascades.items():
+        timing = egt.export.tflm_time_per_sample(deploy, final_only, x_test,
+                                                 samples=report.timing["samples"],
+                                                 threshold=threshold)
+        runner.thresholds_int8 = int8_thresholds(manifest, threshold)
+        labels, _ = runner.predict(x_test)
+        entry = {
+            "thresholds": [float(t) for t in report.thresholds],
+            "mac_speedup": float(report.mac_speedup),
+            "float_time_speedup": float(report.timing["speedup"]),
+            "tflm_time_speedup": float(timing["speedup"]),
+            "accuracy": float(report.accuracy),
+            "final_exit_accuracy": float(report.final_accuracy),
+            "tflm_accuracy": float(np.mean(labels == y_test)),
+            "float_ms": [report.timing["ms_with_early_exit"], report.timing["ms_without_early_exit"]],
+            "tflm_ms": [timing["ms_with_early_exit"], timing["ms_without_early_exit"]],
+        }
+        summary["cascades"][name] = entry
+        lines.append(f"| {name} | {timing['ms_with_early_exit']:.2f} | "
+                     f"{timing['ms_without_early_exit']:.2f} | {entry['tflm_time_speedup']:.2f}x | "
+                     f"{entry['float_time_speedup']:.2f}x | {entry['mac_speedup']:.2f}x | "
+                     f"{100 * entry['tflm_accuracy']:.2f} |")
+        slower = [f"{form} ({entry[key]:.2f}x)" for form, key in (
+            ("MACs", "mac_speedup"), ("float batch-1 time", "float_time_speedup"),
+            ("TFLM batch-1 time", "tflm_time_speedup")) if entry[key] <= 1.0]
+        if slower:
+            verdicts.append(f"**Early exit does not pay off** for the {name} cascade in: "
+                            f"{', '.join(slower)}; there it costs at least as much as the model "
+                            "without early exit.")
+        else:
+            verdicts.append(f"Early exit pays off for the {name} cascade: "
+                            f"{entry['mac_speedup']:.2f}x fewer MACs, {entry['float_time_speedup']:.2f}x "
+                            f"float and {entry['tflm_time_speedup']:.2f}x TFLM batch-1 time, accuracy "
+                            f"{100 * (entry['accuracy'] - entry['final_exit_accuracy']):+.2f} points "
+                            "vs its own final exit.")
+    from keras_egt.evaluation import _atomic_write_text
+
+    _atomic_write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=2) + "\n")
+    lines += ["", f"Flash {summary['flash_bytes']:,} bytes (all segments), largest TFLM arena "
+              f"{summary['arena_bytes']:,} bytes; without early exit {final_only['flash_bytes']:,} "
+              f"and {final_only['arena_bytes']:,} bytes.", ""] + verdicts
+    return summary, "\n".join(lines)
 
 
 def _report_markdown(settings, args, reports, calibrated, thresholds, plots, deploy_text, minutes, n_fit, n_val, n_test):

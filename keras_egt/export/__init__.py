@@ -15,6 +15,7 @@ Importing this module imports none of them.
 
 from keras_egt.export.exporter import export_cascade
 from keras_egt.export.firmware import FirmwareMismatchError, run_firmware, tflm_library
+from keras_egt.export.final_only import FinalOnly, export_final_only, tflm_time_per_sample
 from keras_egt.export.qat import quantization_aware_export, quantization_aware_finetune
 from keras_egt.export.runtime import (
     CascadeRunner,
@@ -32,7 +33,9 @@ __all__ = [
     "Segment",
     "build_segments",
     "decide_int8",
+    "FinalOnly",
     "export_cascade",
+    "export_final_only",
     "format_report",
     "int8_threshold",
     "load_cascade",
@@ -42,4 +45,5 @@ __all__ = [
     "run_firmware",
     "segment_inputs",
     "tflm_library",
+    "tflm_time_per_sample",
 ]

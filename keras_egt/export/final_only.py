@@ -1,0 +1,186 @@
+"""The int8 model without early exit, and batch-1 TFLM time with vs without early exit.
+
+The reference of every int8 speedup is the same trained model, exported through the
+same converter path as the cascade's segments (`convert.convert_segment`: full int8,
+calibrated on the same data) but unsplit: every stage and the final head only, one
+flatbuffer, one TFLM interpreter.
+"""
+
+import os
+import time
+
+import numpy as np
+
+__all__ = ["FinalOnly", "export_final_only", "int8_thresholds", "tflm_time_per_sample"]
+
+FINAL_ONLY_FILE = "final_only.tflite"
+
+
+def _final_only_class():
+    import keras
+    from keras import ops
+
+    class FinalOnly(keras.Model):
+        """Every stage, then the final head's softmax: the model without early exit."""
+
+        def __init__(self, source, **kwargs):
+            super().__init__(**kwargs)
+            self.source_stages = list(source.stages)
+            self.head = source.heads[-1]
+
+        def call(self, x):
+            for stage in self.source_stages:
+                x = stage(x, training=False)
+            return ops.softmax(ops.cast(self.head(x), "float32"), axis=-1)
+
+    return FinalOnly
+
+
+def FinalOnly(model):
+    """A built Keras model of `model`'s stages and final head (shared weights).
+
+    Example:
+    >>> probabilities = FinalOnly(model)(x[:1])
+    """
+    import keras
+
+    final = _final_only_class()(model, name="final_only")
+    final(keras.ops.zeros((1,) + tuple(model.image_shape)))
+    return final
+
+
+def export_final_only(model, representative_data, path):
+    """Writes the int8 model without early exit to `path` (`.tflite`).
+
+    Args:
+        model: a trained `EarlyExitModel` (any backend: on another one this runs in a
+            TensorFlow-backend subprocess, as `export_cascade`).
+        representative_data: float inputs `(n, H, W, C)` for the int8 calibration (use
+            the cascade's, so both are quantized alike).
+        path: the file to write (written to a temporary name, then renamed).
+
+    Returns:
+        A dict: `path`, `flash_bytes`, `arena_bytes` (measured TFLM arena) and the
+        int8 input's `scale` and `zero_point`.
+
+    Example:
+    >>> info = export_final_only(model, x_train[:256], "deploy/final_only.tflite")
+    """
+    import keras
+
+    path = os.path.abspath(os.fspath(path))
+    if keras.backend.backend() != "tensorflow":
+        from keras_egt.export.exporter import run_in_tensorflow
+
+        return run_in_tensorflow("export_final_only", model,
+                                 {"representative_data": representative_data}, {"path": path})
+    from keras_egt.evaluation import atomic_output
+    from keras_egt.export import convert, runtime as rt
+
+    data = convert.convert_segment(FinalOnly(model), np.asarray(representative_data, np.float32),
+                                   name="final-only model")
+    info = convert.inspect_tflite(data)
+    convert.check_full_int8(info, "final-only model")
+    spec = info["inputs"][0]
+    arena = rt.tflm_arena_bytes(data, spec["shape"], spec["zero_point"][0])
+    with atomic_output(path, ".tflite") as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return {"path": path, "flash_bytes": len(data), "arena_bytes": int(arena),
+            "scale": float(spec["scale"][0]), "zero_point": int(spec["zero_point"][0])}
+
+
+def int8_thresholds(manifest, threshold):
+    """Each segment's int8 exit test for probability threshold(s) `threshold`.
+
+    Args:
+        manifest: a deploy folder's manifest (`read_manifest`).
+        threshold: as `Cascade` (one number, or one per early exit).
+
+    Returns:
+        K values as the manifest's `threshold_int8`: `runtime.int8_threshold` of each
+        early segment's probability scale and zero point, then None (the final
+        segment always exits).
+    """
+    from keras_egt.cascade import resolve_thresholds
+    from keras_egt.export import runtime as rt
+
+    segments = manifest["segments"]
+    values = resolve_thresholds(threshold, len(segments))
+    return [rt.int8_threshold(t, s["probabilities"]["scale"], s["probabilities"]["zero_point"])
+            for t, s in zip(values[:-1], segments[:-1])] + [None]
+
+
+def tflm_time_per_sample(deploy_dir, final_only, x, samples=200, warmup=2, threshold=None):
+    """Batch-1 ms per sample on the TFLM interpreter: the int8 cascade vs without early exit.
+
+    The cascade (`CascadeRunner.predict`, stopping at the first confident exit) and
+    the unsplit final-only model (`export_final_only`) run on the same samples,
+    interleaved sample by sample, each timed from float input to label.
+
+    Args:
+        deploy_dir: a folder written by `export_cascade`.
+        final_only: the dict `export_final_only` returned.
+        x: float inputs; the first `samples` are timed.
+        samples: samples timed at most.
+        warmup: untimed samples first.
+        threshold: None for the exported thresholds, else probability threshold(s)
+            (as `Cascade`) turned into each segment's int8 test (`int8_threshold`).
+
+    Returns:
+        A dict: `samples`, `ms_with_early_exit`, `ms_without_early_exit`, `speedup`,
+        their medians, `exit_shares`, and the labels of both paths
+        (`labels_with_early_exit`, `labels_without_early_exit`, lists).
+
+    Example:
+    >>> tflm_time_per_sample("deploy/", info, x_test, samples=100)["speedup"]
+    """
+    from keras_egt import cascade
+    from keras_egt.export import _deps, runtime as rt
+
+    tflm = _deps.require("tflite_micro.python.tflite_micro.runtime", "the TFLM runtime")
+    runner = rt.load_cascade(deploy_dir, runtime="tflm")
+    if threshold is not None:
+        runner.thresholds_int8 = int8_thresholds(runner.manifest, threshold)
+    with open(final_only["path"], "rb") as f:
+        interpreter = tflm.Interpreter.from_bytes(f.read(), arena_size=final_only["arena_bytes"])
+    scale, zero_point = final_only["scale"], final_only["zero_point"]
+    x = np.asarray(x)
+    count = min(int(samples), len(x))
+    if count < 1:
+        raise ValueError("TFLM timing needs at least one sample.")
+    clock = time.perf_counter
+
+    def without(sample):
+        interpreter.set_input(rt.quantize(sample, scale, zero_point), 0)
+        interpreter.invoke()
+        return int(np.argmax(interpreter.get_output(0)[0]))
+
+    for i in range(min(int(warmup), len(x))):
+        runner.predict(x[i : i + 1])
+        without(x[i : i + 1])
+    early, full, exits, labels_early, labels_full = [], [], [], [], []
+    for i in range(count):
+        sample = x[i : i + 1]
+        for path in ((0, 1) if i % 2 == 0 else (1, 0)):
+            start = clock()
+            if path == 0:
+                label, exit_ = runner.predict(sample)
+                early.append(clock() - start)
+                labels_early.append(int(label[0]))
+                exits.append(int(exit_[0]))
+            else:
+                labels_full.append(without(sample))
+                full.append(clock() - start)
+    mean_early, mean_full = float(np.mean(early)), float(np.mean(full))
+    return {
+        "samples": count,
+        "ms_with_early_exit": 1e3 * mean_early,
+        "ms_without_early_exit": 1e3 * mean_full,
+        "speedup": mean_full / mean_early,
+        "ms_with_early_exit_median": 1e3 * float(np.median(early)),
+        "ms_without_early_exit_median": 1e3 * float(np.median(full)),
+        "exit_shares": cascade.exit_shares(exits, runner.num_segments),
+        "labels_with_early_exit": labels_early,
+        "labels_without_early_exit": labels_full,
+    }
