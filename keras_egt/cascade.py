@@ -35,7 +35,7 @@ from keras import ops
 
 from keras_egt import costs
 from keras_egt import metrics
-from keras_egt.checks import check_inputs, check_labels
+from keras_egt.checks import check_fraction, check_inputs, check_labels
 from keras_egt.model import NUM_EXITS
 
 __all__ = [
@@ -435,6 +435,7 @@ def calibrate_thresholds(model, x_val, y_val, max_accuracy_drop=0.005, mac_budge
     >>> cascade = Cascade(model, threshold=thresholds)
     >>> thresholds.speedup, thresholds.curve[:2]
     """
+    check_fraction(max_accuracy_drop, "max_accuracy_drop")
     _check_criterion(criterion)
     if probabilities is None:
         probabilities = metrics.exit_probabilities(model, x_val, batch_size)

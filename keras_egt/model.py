@@ -7,7 +7,7 @@ import numpy as np
 from keras import ops
 
 from keras_egt import layers as egt_layers
-from keras_egt.checks import check_inputs, check_labels
+from keras_egt.checks import check_inputs, check_int, check_labels, check_number, check_weights
 from keras_egt.losses import exit_consistencies
 
 WIDTH_PRESETS = {
@@ -41,7 +41,7 @@ def resolve_widths(widths):
                 "or a tuple of 5 channel counts."
             )
         return WIDTH_PRESETS[widths]
-    widths = tuple(int(w) for w in widths)
+    widths = tuple(check_int(w, "widths", minimum=1) for w in widths)
     if len(widths) != NUM_EXITS or min(widths) < 1:
         raise ValueError(
             f"widths must be 5 positive channel counts (one per block), got {widths}."
@@ -100,8 +100,7 @@ class EarlyExitCNN(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if int(num_classes) < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+        num_classes = check_int(num_classes, "num_classes", minimum=2)
         input_shape = tuple(input_shape)
         if len(input_shape) != 3:
             raise ValueError(
@@ -118,11 +117,8 @@ class EarlyExitCNN(keras.Model):
             raise ValueError(
                 f"consistency_weight (λ) must be a finite number >= 0, got {consistency_weight}."
             )
-        exit_weights = (1.0,) * NUM_EXITS if exit_weights is None else tuple(
-            float(w) for w in exit_weights
-        )
-        if len(exit_weights) != NUM_EXITS or min(exit_weights) < 0:
-            raise ValueError(f"exit_weights must be 5 numbers >= 0, got {exit_weights}.")
+        exit_weights = (1.0,) * NUM_EXITS if exit_weights is None else check_weights(
+            exit_weights, NUM_EXITS, "exit_weights")
 
         self.num_classes = int(num_classes)
         self.image_shape = tuple(int(d) for d in input_shape)
@@ -131,7 +127,11 @@ class EarlyExitCNN(keras.Model):
         self.consistency_weight = consistency_weight
         self.exit_weights = exit_weights
         self.stop_gradient_target = bool(stop_gradient_target)
-        self.batch_norm_momentum = float(batch_norm_momentum)
+        self.batch_norm_momentum = check_number(batch_norm_momentum, "batch_norm_momentum",
+                                                0, 1, include_maximum=False)
+        if attention_hidden_channels is not None:
+            attention_hidden_channels = check_int(attention_hidden_channels,
+                                                  "attention_hidden_channels", minimum=1)
         self.attention_hidden_channels = attention_hidden_channels
         self.output_names = [f"exit_{k + 1}" for k in range(NUM_EXITS)]
 

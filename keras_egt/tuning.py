@@ -50,17 +50,7 @@ __all__ = [
     "results_table",
 ]
 
-# The paper's sweep, with the baseline it is compared against.
-DEFAULT_LAMBDAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
-
-# Short name -> (metric logged by every trial, direction).
-OBJECTIVES = {
-    "score": ("val_score", "max"),
-    "consistency": ("val_consistency", "max"),
-    "cascade_accuracy": ("val_cascade_accuracy", "max"),
-    "final_accuracy": ("val_exit_5_accuracy", "max"),
-    "cascade_speedup": ("val_cascade_speedup", "max"),
-}
+from keras_egt.tuning_options import DEFAULT_LAMBDAS, OBJECTIVES  # noqa: E402
 
 
 def objective(name):

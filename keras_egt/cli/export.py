@@ -10,7 +10,7 @@ shares, time per sample and the size report (and the agreement with the float mo
 when given --model).
 """
 
-import numpy as np
+
 
 from keras_egt.cli import CLIError
 from keras_egt.cli import train as common
@@ -61,6 +61,8 @@ def register(subparsers):
 
 
 def _calibration_subset(x, count, seed):
+    import numpy as np
+
     if count < 1:
         raise CLIError(f"--num-calibration must be >= 1, got {count}.")
     rng = np.random.default_rng(seed)
@@ -117,6 +119,8 @@ def export_command(args):
 
 def run_command(args):
     """Handler of `keras-egt run-tflite`; returns the exit code."""
+    import numpy as np
+
     from keras_egt import export
 
     runner = export.load_cascade(args.deploy_dir, runtime=args.runtime)
