@@ -120,6 +120,12 @@ class CascadeMetrics(keras.callbacks.Callback):
             logs["val_score"] = harmonic_mean(accuracy, float(logs["val_consistency"]))
 
 
+def _cascade_text(hypermodel):
+    """The validation cascade (criterion and thresholds) as text, for a Fixed hyperparameter."""
+    values = np.round(np.asarray(hypermodel.threshold, np.float64), 9).tolist()
+    return f"{hypermodel.criterion} {values}"
+
+
 def _weights_text(weights):
     return ",".join(f"{float(w):g}" for w in weights)
 
@@ -134,7 +140,8 @@ class EGTHyperModel(kt.HyperModel):
       written as "w1,w2,w3,w4,w5" (fixed to all ones unless given);
     * `learning_rate`: Adam's initial rate, a `Choice` of `learning_rates`
       (fixed to the paper's 1e-3 unless given);
-    * `widths`, `input_shape`, `num_classes`: fixed; they identify the search, so
+    * `widths`, `input_shape`, `num_classes`, `cascade_threshold` (the validation
+      cascade's criterion and thresholds): fixed; they identify the search, so
       that resuming in a directory that holds another search's trials fails
       clearly instead of mixing them.
 
@@ -233,6 +240,9 @@ class EGTHyperModel(kt.HyperModel):
             if self.exit_weights else hp.Fixed("exit_weights", _weights_text((1,) * NUM_EXITS)),
             "learning_rate": hp.Choice("learning_rate", self.learning_rates)
             if self.learning_rates else hp.Fixed("learning_rate", 1e-3),
+            # Trials are scored at this cascade: a re-run at another threshold in the
+            # same project must not reuse them (check_space refuses it).
+            "cascade_threshold": hp.Fixed("cascade_threshold", _cascade_text(self)),
         }
         return values
 
@@ -257,7 +267,10 @@ class EGTHyperModel(kt.HyperModel):
             )
             raise kt.errors.FatalValueError(
                 "The tuner's directory holds the trials of another search (its "
-                f"hyperparameters {differ} differ from this EGTHyperModel's). Give this "
+                f"hyperparameters {differ} differ from this EGTHyperModel's"
+                + ("; its trials were scored at another cascade threshold"
+                   if "cascade_threshold" in differ else "")
+                + "). Give this "
                 "search its own project_name or directory, or pass overwrite=True to "
                 "discard the old trials."
             )
