@@ -162,8 +162,12 @@ def load_npz(path, num_classes=None):
         out[split] = (_as_images(x, f"{where} x_{split}"), y)
     x_train, y_train = out["train"]
     _check_classes(y_train, num_classes, f"{path} (train) y_train")
-    if num_classes is None:
+    given = num_classes is not None
+    if not given:
         num_classes = int(y_train.max()) + 1
+    if given and num_classes > len(y_train):
+        raise ValueError(f"{path}: num_classes={num_classes} but only {len(y_train)} training "
+                         "samples, so some classes would have none.")
     if num_classes > len(y_train):
         # Checked before counting: a label of 10**9 must not allocate 10**9 counters.
         raise ValueError(
