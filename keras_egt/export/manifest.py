@@ -216,8 +216,10 @@ def validate_manifest(manifest, source="manifest"):
             raise _error(source, f"{where} sha256 must be 64 hex digits, got {digest!r:.80}.")
         for key in ("flash_bytes", "arena_bytes", "arena_recorded_bytes"):
             value = _require(seg, key, where, source)
-            if not (_is_int(value) and 1 <= value <= 1 << 40):
-                raise _error(source, f"{where} {key} must be a positive int, got {value!r:.40}.")
+            # 1 GiB: far above any microcontroller's, and below what a host can't allocate.
+            if not (_is_int(value) and 1 <= value <= 1 << 30):
+                raise _error(source, f"{where} {key} must be an int in [1, 2**30], got "
+                             f"{value!r:.40}.")
         if seg["arena_bytes"] < seg["arena_recorded_bytes"]:
             raise _error(source, f"{where} arena_bytes {seg['arena_bytes']} is below the "
                          f"{seg['arena_recorded_bytes']} bytes TFLM's recording allocator "

@@ -140,7 +140,14 @@ class _LiteRTSegment:
 
     def __init__(self, data, seg, num_threads=None):
         litert = _deps.require("ai_edge_litert.interpreter", "the LiteRT runtime")
-        self.interpreter = litert.Interpreter(model_content=data, num_threads=num_threads)
+        # Without the default XNNPACK delegate: its int8 kernels round some conv,
+        # logistic and mul results one step off TFLM's, and a one-step difference in
+        # the features can move a sample's exit (benchmarks/runtime_agreement.py,
+        # tflite/README.md). LiteRT's own optimized kernels match TFLM's features.
+        self.interpreter = litert.Interpreter(
+            model_content=data, num_threads=num_threads,
+            experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        )
         self.interpreter.allocate_tensors()
         inputs = self.interpreter.get_input_details()
         outputs = self.interpreter.get_output_details()
@@ -395,6 +402,8 @@ class CascadeRunner:
             )
         if x.dtype == np.int8:
             return x
+        if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+            raise ValueError(f"x must be a numeric array, got dtype {x.dtype}.")
         if not np.all(np.isfinite(x)):
             raise ValueError("x holds NaN or Inf values.")
         spec = self.manifest["segments"][0]["input"]
