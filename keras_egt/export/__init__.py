@@ -9,33 +9,43 @@
 TensorFlow-backend subprocess); `load_cascade` needs only `ai-edge-litert` or
 `tflite-micro`; `quantization_aware_export` needs `tf-keras` and
 `tensorflow-model-optimization`. All come with `pip install keras-egt[deploy]`.
-Importing this module imports none of them.
+Importing this module imports none of them, nor Keras: names load on first use.
 """
 
-from keras_egt.export.exporter import export_cascade, resolve_thresholds
-from keras_egt.export.qat import quantization_aware_export, quantization_aware_finetune
-from keras_egt.export.runtime import (
-    CascadeRunner,
-    decide_int8,
-    format_report,
-    int8_threshold,
-    load_cascade,
-    read_manifest,
-)
-from keras_egt.export.segments import Segment, build_segments, segment_inputs
+import importlib
 
-__all__ = [
-    "CascadeRunner",
-    "Segment",
-    "build_segments",
-    "decide_int8",
-    "export_cascade",
-    "format_report",
-    "int8_threshold",
-    "load_cascade",
-    "quantization_aware_export",
-    "quantization_aware_finetune",
-    "read_manifest",
-    "resolve_thresholds",
-    "segment_inputs",
-]
+# Public name -> the module that defines it; loaded on first use (PEP 562), so that
+# running a deploy folder (load_cascade) imports neither Keras nor TensorFlow.
+_NAMES = {
+    "CascadeRunner": "runtime",
+    "Segment": "segments",
+    "build_segments": "segments",
+    "decide_int8": "runtime",
+    "export_cascade": "exporter",
+    "format_report": "runtime",
+    "int8_threshold": "runtime",
+    "load_cascade": "runtime",
+    "quantization_aware_export": "qat",
+    "quantization_aware_finetune": "qat",
+    "read_manifest": "runtime",
+    "resolve_thresholds": "exporter",
+    "segment_inputs": "segments",
+}
+_SUBMODULES = ("c_sources", "convert", "exporter", "manifest", "qat", "runtime", "segments")
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name):
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f"keras_egt.export.{_NAMES[name]}"), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"keras_egt.export.{name}")
+    else:
+        raise AttributeError(f"module 'keras_egt.export' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))

@@ -2,6 +2,7 @@
 
     python _arena_probe.py MODEL.tflite ZERO_POINT SHAPE LOW HIGH RECORDED
     python _arena_probe.py --check JOB_JSON      (see `check`)
+    python _arena_probe.py --serve               (see `serve`)
 
 TFLM's Python interpreter can crash the process (not raise) when the arena is a few
 bytes short, so every probe of a too-small arena runs here, in a child process that
@@ -123,9 +124,23 @@ def check(job):
             say("fail", item["index"], message)
 
 
+def serve():
+    """`--serve`: one `check` job (a JSON line) per line of stdin, each answered by its
+    lines and "done"; exits at EOF (the parent has gone)."""
+    for line in sys.stdin:
+        try:
+            check(line)
+        except Exception as error:  # a bad job: reported, the server goes on
+            say("error", " ".join(str(error).split())[:300])
+        say("done")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "--check":
         check(sys.argv[2])
+        sys.exit(0)
+    if sys.argv[1] == "--serve":
+        serve()
         sys.exit(0)
     path, zero_point, shape, low, high, recorded = sys.argv[1:7]
     main(path, int(zero_point), tuple(int(d) for d in shape.split(",")), int(low), int(high),

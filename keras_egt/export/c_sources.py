@@ -417,6 +417,9 @@ def _write_atomic(path, text):
     try:
         with os.fdopen(fd, "w", encoding="ascii", newline="\n") as f:
             f.write(text)
+        mask = os.umask(0)  # mkstemp made it 0600; give it the user's umask, as open() does
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -8,8 +8,10 @@ import hashlib
 import json
 import math
 import os
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -189,6 +191,44 @@ class _LiteRTSegment:
 _PROBED = set()
 
 
+class _Prober:
+    """A long-lived `_arena_probe.py --serve` child (started on first use, restarted
+    after a crash), so that checking a segment costs no process start."""
+
+    def __init__(self):
+        self.process = None
+        self.lock = threading.Lock()
+
+    def run(self, job):
+        """Sends one job line; returns (its output lines, the exit code if it died, stderr)."""
+        with self.lock:
+            if self.process is None or self.process.poll() is not None:
+                script = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                      "_arena_probe.py")
+                self.process = subprocess.Popen(
+                    [sys.executable, script, "--serve"], stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
+                    preexec_fn=_lifetime._die_with_parent if os.name == "posix" else None,
+                )
+            process, lines = self.process, []
+            try:
+                process.stdin.write(job.replace("\n", " ") + "\n")
+                process.stdin.flush()
+                for line in process.stdout:
+                    line = line.rstrip("\n")
+                    if line == "done":
+                        return lines, None, ""
+                    lines.append(line)
+            except (BrokenPipeError, OSError):
+                pass
+            returncode = process.wait()  # it died mid-job: a crash
+            self.process = None
+            return lines, returncode, ""
+
+
+_PROBER = _Prober()
+
+
 def probe_tflm(deploy_dir, segments, arenas):
     """Allocates and runs each segment in its arena in a child process first.
 
@@ -212,17 +252,16 @@ def probe_tflm(deploy_dir, segments, arenas):
             if (seg["sha256"], int(a)) not in _PROBED]
     if not todo:
         return
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_arena_probe.py")
     job = [{"path": os.path.join(os.fspath(deploy_dir), seg["file"]), "sha256": seg["sha256"],
             "arena": arena, "zero_point": seg["input"]["zero_point"],
             "shape": seg["input"]["shape"], "index": seg["index"],
             "outputs": [seg["probabilities"]["output_index"]]
             + ([] if seg["features"] is None else [seg["features"]["output_index"]])}
            for seg, arena in todo]
-    process = _lifetime.run_child([sys.executable, script, "--check", json.dumps(job)])
+    lines, returncode, stderr = _PROBER.run(json.dumps(job))
     done = {}
     current = None
-    for line in process.stdout.split("\n"):
+    for line in lines:
         word, _, rest = line.partition(" ")
         if word == "try":
             current = int(rest)
@@ -230,6 +269,8 @@ def probe_tflm(deploy_dir, segments, arenas):
             index, _, message = rest.partition(" ")
             done[int(index)] = (word, message)
             current = None
+        elif word == "error":
+            stderr = rest
     for seg, arena in todo:
         word, message = done.get(seg["index"], (None, ""))
         where = f"segment {seg['index']} ({seg['file']})"
@@ -239,14 +280,14 @@ def probe_tflm(deploy_dir, segments, arenas):
         if word == "fail":
             raise RuntimeError(f"{where}: TFLM could not allocate or run it in {arena} bytes of "
                                f"arena: {message[-300:]}")
-        if current == seg["index"] or process.returncode < 0:
+        if current == seg["index"] or (returncode is not None and returncode < 0):
             raise RuntimeError(
-                f"{where}: TFLM crashed (exit code {process.returncode}) allocating it in "
+                f"{where}: TFLM crashed (exit code {returncode}) allocating it in "
                 f"{arena} bytes of arena; the manifest's arena_bytes is too small or the "
                 "segment file is malformed. Refusing it; re-export the model."
             )
         raise RuntimeError(f"{where}: checking it on TFLM failed: "
-                           + " ".join((process.stderr or "").split())[-400:])
+                           + " ".join((stderr or "").split())[-400:])
 
 
 class _TFLMSegment:
