@@ -254,3 +254,27 @@ def test_export_into_a_folder_it_cannot_create_names_that_folder(deployed, tmp_p
                            ) as info:
             export.export_cascade(deployed["model"], "/proc/deploy", deployed["x"][:8])
         assert ".tmp-" not in str(info.value)
+
+
+# ------------------------------------------------------------ the command line
+
+
+def test_run_tflite_reports_the_agreement_of_both_runtimes(deployed, tmp_path, capsys):
+    from keras_egt.cli import main
+
+    npz = tmp_path / "data.npz"
+    np.savez(npz, x_train=deployed["x"], y_train=deployed["y"], x_test=deployed["x"],
+             y_test=deployed["y"])
+    assert main(["run-tflite", deployed["dir"], "--data", str(npz)]) == 0
+    out = capsys.readouterr().out
+    tflm = export.load_cascade(deployed["dir"], runtime="tflm").predict(deployed["x"])
+    litert = export.load_cascade(deployed["dir"], runtime="litert").predict(deployed["x"])
+    labels = 100 * np.mean(tflm[0] == litert[0])
+    exits = 100 * np.mean(tflm[1] == litert[1])
+    assert (f"agreement with litert on the same samples: labels {labels:.2f}%, exits "
+            f"{exits:.2f}%") in out
+    # An edited manifest is a one-line error, exit code 2.
+    folder = _copy(deployed, tmp_path)
+    _edit(folder, lambda m: m["segments"][0].update(threshold_int8=-128))
+    assert main(["run-tflite", str(folder), "--data", str(npz)]) == 2
+    assert "threshold_int8 is -128" in capsys.readouterr().err

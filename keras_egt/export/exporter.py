@@ -268,8 +268,15 @@ def export_cascade(model, out_dir, representative_data, threshold=0.9, class_nam
     The folder gets `segment_1.tflite` ... `segment_5.tflite`, `manifest.json`
     (shapes, quantization, int8 exit thresholds, sha256, flash and arena bytes,
     MACs, ops) and the C sources `model_data.c/.h` and `egt_manifest.h` of
-    `keras_egt.export.c_sources`. It is written into a temporary folder next to `out_dir`
-    and renamed at the end, so a failed export leaves nothing behind.
+    `keras_egt.export.c_sources`. The manifest is sealed with its content digest
+    (`manifest_sha256`, see `keras_egt.export.manifest`), which `egt_manifest.h`
+    records too. The folder is staged in `.<name>.tmp-<pid>-*` next to `out_dir` and
+    renamed at the end (it then has the user's umask, like any folder), so a failed
+    export leaves nothing behind; SIGTERM is turned into an exception that removes
+    the staging folder, the TensorFlow worker of another backend dies with its parent,
+    and what a SIGKILL left (staging folders of dead processes here, their
+    `keras_egt_export_*` / `keras_egt_arena_*` folders in the system temp folder) is
+    removed by the next export.
 
     Needs TensorFlow (`pip install keras-egt[deploy]`). A model living on the JAX or
     PyTorch backend is saved to a temporary `.keras` file and exported by a
