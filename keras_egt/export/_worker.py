@@ -9,12 +9,13 @@ import sys
 import traceback
 
 
-def main(job_path):
+def main(job_path, watch_parent=False):
     from keras_egt.export import _lifetime
 
-    # Die with the parent: it holds our stdin pipe (EOF = it is gone) and the kernel
-    # sends SIGTERM on its death (Linux); SIGTERM raises, so the export cleans up.
-    _lifetime.watch_parent()
+    if watch_parent:
+        # Die with the parent: it holds our stdin pipe (EOF = it is gone) and the kernel
+        # sends SIGTERM on its death (Linux); SIGTERM raises, so the export cleans up.
+        _lifetime.watch_parent()
     with open(job_path, encoding="utf-8") as f:
         job = json.load(f)
     with _lifetime.terminate_raises():
@@ -47,4 +48,4 @@ def _run(job):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1], watch_parent=True))

@@ -66,13 +66,13 @@ def int8_threshold(threshold, scale, zero_point):
 def decide_int8(probabilities, thresholds_int8):
     """The cascade's decisions from every segment's int8 probabilities.
 
-    Sample i leaves at the first segment k < 5 with `max(q_k) >= thresholds_int8[k]`,
-    else at segment 5; its label is the argmax there. This is what
+    Sample i leaves at the first segment k < K with `max(q_k) >= thresholds_int8[k]`,
+    else at the last segment K; its label is the argmax there. This is what
     `CascadeRunner.predict` and `egt_cascade_run` (C) compute while stopping early.
 
     Args:
-        probabilities: int8 array `(5, n, num_classes)`.
-        thresholds_int8: 4 or 5 ints (a fifth is ignored; the last always exits).
+        probabilities: int8 array `(K, n, num_classes)`, K segments.
+        thresholds_int8: K - 1 or K ints (a K-th is ignored; the last always exits).
 
     Returns:
         `(labels, exits)`: int64 arrays `(n,)`, exits 0-based.
@@ -504,7 +504,7 @@ class CascadeRunner:
         return out
 
     def probabilities(self, int8_probabilities):
-        """Dequantizes `run_segments` output to float probabilities `(5, n, C)`."""
+        """Dequantizes `run_segments` output to float probabilities `(K, n, C)`."""
         return np.stack([
             dequantize(q, seg["probabilities"]["scale"], seg["probabilities"]["zero_point"])
             for q, seg in zip(int8_probabilities, self.manifest["segments"])
