@@ -57,7 +57,7 @@ def _edit(folder, edit, reseal=False):
     edit(manifest)
     if reseal:
         mf.seal_manifest(manifest)
-        os.remove(folder / "egt_manifest.h")
+        (folder / "egt_manifest.h").unlink(missing_ok=True)
     path.write_text(json.dumps(manifest))
 
 
@@ -188,7 +188,8 @@ def test_property_no_mutation_crashes_a_runtime(deployed, tmp_path):
          str(tmp_path / "scratch"), str(examples), "16"],
         capture_output=True, text=True, env=env, timeout=1200)
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
-    assert f"EXAMPLES {examples}" in p.stdout
+    ran = int(p.stdout.split("EXAMPLES")[-1].split()[0])
+    assert ran >= examples, p.stdout
 
 
 # ------------------------------------------------------------ killed exports
@@ -213,8 +214,9 @@ def _stale(tmp_path, pid=None):
     temp = []
     for name in os.listdir(tempfile.gettempdir()):
         for prefix in ("keras_egt_export_", "keras_egt_arena_"):
-            if name.startswith(prefix):
-                owner = int(name[len(prefix):].split("_")[0])
+            owner = name[len(prefix):].split("_")[0]
+            if name.startswith(prefix) and owner.isdigit():  # (older names carry no pid)
+                owner = int(owner)
                 if owner == pid or not _alive(owner):
                     temp.append(name)
     return sorted(n for n in os.listdir(tmp_path) if ".tmp-" in n or ".old-" in n), temp
