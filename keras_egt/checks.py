@@ -4,7 +4,13 @@ Every entry point that takes user data calls these, so a bad array gets the same
 message wherever it enters.
 """
 
+import math
+import numbers
+
 import numpy as np
+
+# Longest list of offending values quoted in a message.
+_QUOTE = 10
 
 
 def check_inputs(x, image_shape, where="x"):
@@ -55,6 +61,12 @@ def check_labels(y, num_classes, where="y", num_samples=None):
         )
     if num_samples is not None and len(y) != num_samples:
         raise ValueError(f"{where}: {num_samples} inputs but {len(y)} labels.")
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+        raise ValueError(
+            f"{where}: labels must be integer class indices 0..{num_classes - 1}, got dtype "
+            f"{y.dtype} (e.g. {_sample(y)}). Map class names to indices first, e.g. "
+            "np.unique(names, return_inverse=True)[1]."
+        )
     if y.size and (not np.all(np.isfinite(y)) or np.any(y != np.round(y))):
         raise ValueError(f"{where}: labels must be whole numbers.")
     if y.size and (y.min() < 0 or y.max() >= num_classes):
@@ -62,3 +74,97 @@ def check_labels(y, num_classes, where="y", num_samples=None):
             f"{where}: labels must lie in 0..{num_classes - 1}, found values from "
             f"{int(y.min())} to {int(y.max())}."
         )
+
+
+def _sample(values):
+    flat = np.asarray(values).reshape(-1)[:3]
+    return ", ".join(repr(v.item() if hasattr(v, "item") else v)[:40] for v in flat)
+
+
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def check_int(value, name, minimum=None, maximum=None):
+    """`value` as an int, or a ValueError: no bools, no fractions (4.7 is not 4).
+
+    Args:
+        value: an int, a numpy integer, or a float with an integral value.
+        name: the argument's name, for the message.
+        minimum: smallest allowed value (None: no bound).
+        maximum: largest allowed value (None: no bound).
+
+    Returns:
+        The int.
+
+    Example:
+    >>> check_int(4.0, "width", minimum=1)
+    4
+    """
+    if not _is_real(value) or not math.isfinite(float(value)) or float(value) != int(value):
+        raise ValueError(f"{name} must be a whole number, got {value!r:.60}.")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}.")
+    return value
+
+
+def check_number(value, name, minimum=None, maximum=None, include_maximum=True):
+    """`value` as a finite float in [minimum, maximum] (or [minimum, maximum)), or a ValueError.
+
+    Example:
+    >>> check_number(0.99, "batch_norm_momentum", 0, 1, include_maximum=False)
+    0.99
+    """
+    if not _is_real(value) or not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be a finite number, got {value!r:.60}.")
+    value = float(value)
+    high_ok = maximum is None or (value <= maximum if include_maximum else value < maximum)
+    if (minimum is not None and value < minimum) or not high_ok:
+        low = "-inf" if minimum is None else f"{minimum:g}"
+        high = "inf" if maximum is None else f"{maximum:g}"
+        bracket = "]" if include_maximum and maximum is not None else ")"
+        raise ValueError(f"{name} must lie in [{low}, {high}{bracket}, got {value:g}.")
+    return value
+
+
+def check_fraction(value, name):
+    """`value` as a float in [0, 1] (a share or an accuracy drop), or a ValueError.
+
+    Example:
+    >>> check_fraction(0.005, "max_accuracy_drop")
+    0.005
+    """
+    if not _is_real(value) or not math.isfinite(float(value)) or not 0 <= float(value) <= 1:
+        raise ValueError(
+            f"{name} must be a fraction in [0, 1] (0.005 = half a percentage point), got "
+            f"{value!r:.60}."
+        )
+    return float(value)
+
+
+def check_weights(values, count, name):
+    """`count` finite weights >= 0, not all zero, as a tuple of floats, or a ValueError.
+
+    Example:
+    >>> check_weights((1, 1, 0.5), 3, "exit_weights")
+    (1.0, 1.0, 0.5)
+    """
+    try:
+        values = tuple(values)
+    except TypeError:
+        raise ValueError(f"{name} must be {count} numbers, got {values!r:.60}.") from None
+    if len(values) != count:
+        raise ValueError(f"{name} must be {count} numbers (one per exit), got {len(values)}.")
+    bad = [v for v in values if not _is_real(v) or not math.isfinite(float(v)) or float(v) < 0]
+    if bad:
+        raise ValueError(
+            f"{name} must be finite numbers >= 0, got {', '.join(repr(v) for v in bad[:_QUOTE])}"
+            f" in {values!r:.120}."
+        )
+    values = tuple(float(v) for v in values)
+    if not any(values):
+        raise ValueError(f"{name} are all zero: no exit would be trained.")
+    return values

@@ -3,6 +3,7 @@
 import keras
 
 from keras_egt import layers as egt_layers
+from keras_egt.checks import check_number
 from keras_egt.model import EarlyExitModel
 
 WIDTH_PRESETS = {
@@ -131,11 +132,8 @@ class EarlyExitCNN(EarlyExitModel):
         attention_hidden_channels=None,
         **kwargs,
     ):
-        momentum = float(batch_norm_momentum)
-        if not 0 <= momentum < 1:
-            raise ValueError(
-                f"batch_norm_momentum must lie in [0, 1), got {batch_norm_momentum}."
-            )
+        momentum = check_number(batch_norm_momentum, "batch_norm_momentum", 0, 1,
+                                include_maximum=False)
         self.widths = resolve_widths(widths)
         backbone = cnn_backbone(input_shape, self.widths, momentum, dtype=kwargs.get("dtype"))
         super().__init__(

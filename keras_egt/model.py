@@ -1,14 +1,12 @@
 """`EarlyExitModel`: any Keras backbone with an attention exit at chosen layers, trained with EGT."""
 
-import math
-
 import keras
 import numpy as np
 from keras import ops
 
 from keras_egt import callbacks as egt_callbacks
 from keras_egt import layers as egt_layers
-from keras_egt.checks import check_inputs, check_labels
+from keras_egt.checks import check_inputs, check_int, check_labels, check_number, check_weights
 from keras_egt.losses import exit_consistencies
 from keras_egt.stages import split_backbone
 
@@ -90,23 +88,16 @@ class EarlyExitModel(keras.Model):
                 f"The backbone's input must have a known (height, width, channels); got "
                 f"{image_shape}. Build it with input_shape=(H, W, C)."
             )
-        if int(num_classes) != num_classes or int(num_classes) < 2:
-            raise ValueError(f"num_classes must be a whole number >= 2, got {num_classes}.")
-        consistency_weight = float(consistency_weight)
-        if not math.isfinite(consistency_weight) or consistency_weight < 0:
-            raise ValueError(
-                f"consistency_weight (λ) must be a finite number >= 0, got {consistency_weight}."
-            )
-        exit_weights = (1.0,) * num_exits if exit_weights is None else tuple(
-            float(w) for w in exit_weights
+        num_classes = check_int(num_classes, "num_classes", minimum=2)
+        consistency_weight = check_number(consistency_weight, "consistency_weight (λ)", minimum=0)
+        exit_weights = (1.0,) * num_exits if exit_weights is None else check_weights(
+            exit_weights, num_exits, "exit_weights"
         )
-        if len(exit_weights) != num_exits or not all(
-            math.isfinite(w) and w >= 0 for w in exit_weights
-        ):
-            raise ValueError(
-                f"exit_weights must be {num_exits} finite numbers >= 0 (one per exit), "
-                f"got {exit_weights}."
+        if attention_hidden_channels is not None:
+            attention_hidden_channels = check_int(
+                attention_hidden_channels, "attention_hidden_channels", minimum=1
             )
+        head_grid = check_int(head_grid, "head_grid", minimum=1)
 
         self.backbone = backbone
         self.exit_layers = [stage.output._keras_history.operation.name for stage in stages]

@@ -51,17 +51,7 @@ __all__ = [
     "results_table",
 ]
 
-# The paper's sweep, with the baseline it is compared against.
-DEFAULT_LAMBDAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
-
-# Short name -> (metric logged by every trial, direction).
-OBJECTIVES = {
-    "score": ("val_score", "max"),
-    "consistency": ("val_consistency", "max"),
-    "cascade_accuracy": ("val_cascade_accuracy", "max"),
-    "final_accuracy": ("val_final_accuracy", "max"),
-    "cascade_speedup": ("val_cascade_speedup", "max"),
-}
+from keras_egt.tuning_options import DEFAULT_LAMBDAS, OBJECTIVES  # noqa: E402
 
 
 def objective(name):
@@ -133,6 +123,12 @@ class CascadeMetrics(keras.callbacks.Callback):
             logs["val_score"] = harmonic_mean(accuracy, float(logs["val_consistency"]))
 
 
+def _cascade_text(hypermodel):
+    """The validation cascade (criterion and thresholds) as text, for a Fixed hyperparameter."""
+    values = np.round(np.asarray(hypermodel.threshold, np.float64), 9).tolist()
+    return f"{hypermodel.criterion} {values}"
+
+
 def _weights_text(weights):
     return ",".join(f"{float(w):g}" for w in weights)
 
@@ -148,10 +144,11 @@ class EGTHyperModel(kt.HyperModel):
     * `learning_rate`: Adam's initial rate, a `Choice` of `learning_rates`
       (fixed to the paper's 1e-3 unless given);
     * `widths` (the CNN preset) or `backbone` and `exit_layers` (your own backbone),
-      `input_shape`, `num_classes`: fixed; they identify the search, so that
-      resuming in a directory that holds another search's trials fails clearly
-      instead of mixing them. A `backbone` builder may declare hyperparameters of
-      its own on the `hp` it is given (an architecture search).
+      `input_shape`, `num_classes`, `cascade_threshold` (the validation cascade's
+      criterion and thresholds): fixed; they identify the search, so that resuming
+      in a directory that holds another search's trials fails clearly instead of
+      mixing them. A `backbone` builder may declare hyperparameters of its own on
+      the `hp` it is given (an architecture search).
 
     `fit` trains with the paper's schedule (the rate halved every `decay_every`
     epochs), needs validation data (`validation_data=` or `validation_split=`) and
@@ -289,6 +286,9 @@ class EGTHyperModel(kt.HyperModel):
             if self.exit_weights else hp.Fixed("exit_weights", _weights_text((1,) * self.num_exits)),
             "learning_rate": hp.Choice("learning_rate", self.learning_rates)
             if self.learning_rates else hp.Fixed("learning_rate", recipe.LEARNING_RATE),
+            # Trials are scored at this cascade: a re-run at another threshold in the
+            # same project must not reuse them (check_space refuses it).
+            "cascade_threshold": hp.Fixed("cascade_threshold", _cascade_text(self)),
         }
         return values
 
@@ -316,7 +316,10 @@ class EGTHyperModel(kt.HyperModel):
             )
             raise kt.errors.FatalValueError(
                 "The tuner's directory holds the trials of another search (its "
-                f"hyperparameters {differ} differ from this EGTHyperModel's). Give this "
+                f"hyperparameters {differ} differ from this EGTHyperModel's"
+                + ("; its trials were scored at another cascade threshold"
+                   if "cascade_threshold" in differ else "")
+                + "). Give this "
                 "search its own project_name or directory, or pass overwrite=True to "
                 "discard the old trials."
             )

@@ -212,7 +212,7 @@ def test_manifest_is_complete(deployed):
         + ["manifest.json", "model_data.c", "model_data.h", "egt_manifest.h"])
     with open(os.path.join(folder, "manifest.json"), encoding="utf-8") as f:
         assert json.load(f) == manifest
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == rt.FORMAT_VERSION
     assert manifest["keras_egt_version"] == egt.__version__
     assert manifest["num_classes"] == 3 and manifest["input_shape"] == [32, 32, 2]
     assert manifest["criterion"] == "max_probability"
@@ -369,6 +369,13 @@ def test_tampered_or_mismatched_file_is_refused(deployed, tmp_path):
     manifest["segments"][2]["sha256"] = manifest["segments"][1]["sha256"]
     manifest["segments"][2]["flash_bytes"] = manifest["segments"][1]["flash_bytes"]
     (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="edited after export"):
+        export.load_cascade(folder, runtime="litert")
+    # ... and with the manifest's digest recomputed, as a deliberate editor could.
+    from keras_egt.export.manifest import seal_manifest
+
+    (folder / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
+    os.remove(folder / "egt_manifest.h")
     with pytest.raises(ValueError, match="does not belong"):
         export.load_cascade(folder, runtime="litert")
     os.remove(folder / "manifest.json")

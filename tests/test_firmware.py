@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from keras_egt.export import c_sources as firmware
+from keras_egt.export.manifest import FORMAT_VERSION, seal_manifest
 
 pytestmark = pytest.mark.tensorflow_only
 
@@ -123,7 +124,8 @@ def make_manifest(folder, sizes, shapes, num_classes=3, rng=None, class_names=No
                         "zero_point": zps[k], "output_index": 1 if k % 2 else 0}
         segments.append({
             "index": k, "file": name, "sha256": hashlib.sha256(data).hexdigest(),
-            "flash_bytes": len(data), "arena_bytes": 1000 + 37 * k * k, "macs": 5000 * k,
+            "flash_bytes": len(data), "arena_bytes": 1000 + 37 * k * k,
+            "arena_recorded_bytes": 900 + 37 * k * k, "macs": 5000 * k,
             "input": {"shape": shapes[k - 1], "dtype": "int8", "scale": scales[k - 1],
                       "zero_point": zps[k - 1]},
             "probabilities": {"shape": [1, num_classes], "dtype": "int8",
@@ -133,11 +135,13 @@ def make_manifest(folder, sizes, shapes, num_classes=3, rng=None, class_names=No
             "threshold_int8": None if k == n else [103, -128, 128, 0, 77, 1][k % 6],
             "ops": ["CONV_2D", "MAX_POOL_2D", "MUL", "SUM", "FULLY_CONNECTED", "SOFTMAX"][: 2 + k],
         })
-    return {
-        "format_version": 1, "keras_egt_version": "test", "num_classes": num_classes,
-        "class_names": class_names, "input_shape": shapes[0][1:],
-        "criterion": "max_probability", "thresholds": [0.9] * n, "segments": segments,
-    }
+    # The float thresholds that give those int8 ones (p = (q - zero point) * scale).
+    thresholds = [(s["threshold_int8"] + 128) / 256 for s in segments[:-1]] + [0.9]
+    return seal_manifest({
+        "format_version": FORMAT_VERSION, "keras_egt_version": "test",
+        "num_classes": num_classes, "class_names": class_names, "input_shape": shapes[0][1:],
+        "criterion": "max_probability", "thresholds": thresholds, "segments": segments,
+    })
 
 
 SIZES = [37, 4096, 1, 12, 5001]  # not multiples of a line; one byte; a page
@@ -282,6 +286,7 @@ def test_write_c_sources_replaces_files_atomically(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", failing_replace)
     manifest["segments"][0]["arena_bytes"] += 1
+    seal_manifest(manifest)
     with pytest.raises(OSError, match="disk full"):
         firmware.write_c_sources(tmp_path, manifest)
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}

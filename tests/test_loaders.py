@@ -150,3 +150,68 @@ def test_load_folder_errors(tmp_path):
     (root / "a" / "bad.npy").write_bytes(b"not numpy")
     with pytest.raises(ValueError, match=r"bad\.npy: unreadable"):
         load_folder(root)
+
+
+# ------------------------------------------------------------ issue 16: input holes
+
+
+@pytest.mark.parametrize("label", [10**6, 10**9])
+def test_a_huge_label_fails_fast_with_a_short_message(tmp_path, label):
+    arrays = _arrays()
+    arrays["y_train"] = arrays["y_train"].copy()
+    arrays["y_train"][3] = label
+    with pytest.raises(ValueError, match="largest training label") as info:
+        load_npz(_npz(tmp_path, **arrays))
+    assert str(label) in str(info.value) and len(str(info.value)) < 500
+
+
+def test_many_empty_classes_are_quoted_briefly(tmp_path):
+    arrays = _arrays(n_train=12)
+    arrays["y_train"] = np.array([0, 11] * 6)  # classes 1..10 empty
+    with pytest.raises(ValueError, match=r"classes \[1, 2, 3, 4, 5, 6, 7, 8, 9, 10\] have no"):
+        load_npz(_npz(tmp_path, **arrays))
+    arrays = _arrays(n_train=24)
+    arrays["y_train"] = np.array([0, 11] * 12)
+    with pytest.raises(ValueError, match=r"and 1 more"):
+        load_npz(_npz(tmp_path, **arrays), num_classes=13)
+
+
+def test_string_labels_are_refused_clearly(tmp_path):
+    arrays = _arrays()
+    arrays["y_train"] = np.array(["push", "pull", "wave"] * 4)
+    with pytest.raises(ValueError, match="integer class indices.*return_inverse"):
+        load_npz(_npz(tmp_path, **arrays))
+
+
+def test_channels_first_arrays_get_the_transpose(tmp_path):
+    arrays = _arrays(shape=(2, 16, 16))
+    with pytest.raises(ValueError, match=r"channels-first.*transpose\(0, 2, 3, 1\)"):
+        load_npz(_npz(tmp_path, **arrays))
+    folder = tmp_path / "cf" / "a"
+    folder.mkdir(parents=True)
+    np.save(folder / "0.npy", np.zeros((2, 16, 16), np.float32))
+    with pytest.raises(ValueError, match=r"0\.npy.*channels-first.*transpose\(1, 2, 0\)"):
+        load_folder(tmp_path / "cf")
+
+
+def test_uint8_loads_as_png_does_from_npz_npy_and_png(tmp_path):
+    from PIL import Image  # matplotlib's own dependency
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(3, 8, 8), dtype=np.uint8)
+    # PNG: matplotlib reads 8-bit greyscale as float32 in [0, 1] (value / 255).
+    png, npy = tmp_path / "png" / "a", tmp_path / "npy" / "a"
+    png.mkdir(parents=True)
+    npy.mkdir(parents=True)
+    for i, image in enumerate(images):
+        Image.fromarray(image, mode="L").save(png / f"{i}.png")  # 8-bit greyscale
+        np.save(npy / f"{i}.npy", image)
+    (x_png, _), _ = load_folder(tmp_path / "png")
+    with pytest.warns(UserWarning, match=r"uint8 inputs are scaled to \[0, 1\]"):
+        (x_npy, _), _ = load_folder(tmp_path / "npy")
+    with pytest.warns(UserWarning, match="uint8"):
+        (x_npz, _), _ = load_npz(_npz(tmp_path, x_train=images, y_train=np.zeros(3, int)))
+    expected = images[..., None].astype(np.float32) / 255
+    np.testing.assert_allclose(x_npy, expected, atol=1e-7)
+    np.testing.assert_allclose(x_npz, expected, atol=1e-7)
+    np.testing.assert_allclose(x_png, expected, atol=1e-7)

@@ -47,9 +47,10 @@ def data():
 
 
 def _search(directory, data, lambdas=(0.0, 0.3), epochs=2, tuner=tuning.GridSearch,
-            callbacks=(), name="p", overwrite=True, widths=TINY, **tuner_args):
+            callbacks=(), name="p", overwrite=True, widths=TINY, threshold=0.9, **tuner_args):
     (x, y), validation = data
-    hypermodel = tuning.EGTHyperModel(3, (32, 32, 2), widths=widths, lambdas=lambdas)
+    hypermodel = tuning.EGTHyperModel(3, (32, 32, 2), widths=widths, lambdas=lambdas,
+                                      threshold=threshold)
     search = tuner(hypermodel, objective=tuning.objective("score"), directory=str(directory),
                    project_name=name, overwrite=overwrite, **tuner_args)
     search.search(x, y, validation_data=validation, epochs=epochs, batch_size=16, verbose=0,
@@ -220,6 +221,19 @@ def test_directory_of_another_search_is_refused(data, tmp_path):
     _search(tmp_path, data, lambdas=(0.0, 0.3), epochs=1, overwrite=False)
     tuner = _search(tmp_path, data, lambdas=(0.0, 0.2), epochs=1, overwrite=False)
     with pytest.raises(kt.errors.FatalError, match="consistency_weight"):
+        tuning.results_table(tuner)
+
+
+def test_rerun_at_another_cascade_threshold_is_refused(data, tmp_path):
+    # Trials are scored by the validation cascade: reusing those scored at 0.9 for a
+    # search at 0.5 would rank trials on the wrong cascade.
+    _search(tmp_path, data, lambdas=(0.0, 0.3), epochs=1, max_trials=1)
+    with pytest.raises(kt.errors.FatalError, match="cascade_threshold.*another cascade threshold"):
+        _search(tmp_path, data, lambdas=(0.0, 0.3), epochs=1, overwrite=False, threshold=0.5)
+    _search(tmp_path, data, lambdas=(0.0, 0.3), epochs=1, overwrite=False)  # same: resumes
+    tuner = _search(tmp_path, data, lambdas=(0.0, 0.3), epochs=1, overwrite=False,
+                    threshold=[0.8, 0.8, 0.8, 0.8])
+    with pytest.raises(kt.errors.FatalError, match="cascade_threshold"):
         tuning.results_table(tuner)
 
 

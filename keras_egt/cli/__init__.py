@@ -15,7 +15,7 @@ _COMMAND_MODULES = ["demo", "data", "train", "tune", "evaluate", "explain", "exp
 
 class CLIError(Exception):
     """Bad input or a missing file: reported as one line, exit code 2 (as are
-    ValueError, FileNotFoundError and ImportError)."""
+    ValueError, FileNotFoundError, PermissionError and ImportError)."""
 
 
 def build_parser():
@@ -37,7 +37,8 @@ def main(argv=None):
     try:
         return int(args.func(args) or 0)
     # ImportError: an optional package is missing (the message names the extra).
-    except (CLIError, FileNotFoundError, ValueError, ImportError) as error:
+    # PermissionError: a folder that cannot be created (the message names it).
+    except (CLIError, FileNotFoundError, PermissionError, ValueError, ImportError) as error:
         print(f"keras-egt {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -10,7 +10,7 @@ shares, time per sample and the size report (and the agreement with the float mo
 when given --model).
 """
 
-import numpy as np
+
 
 from keras_egt.cli import CLIError
 from keras_egt.cli import train as common
@@ -47,7 +47,9 @@ def register(subparsers):
         "run-tflite", help="run an exported int8 cascade on TFLM or LiteRT",
         description="Runs a deploy folder written by `keras-egt export` as a confident-exit "
         "cascade, one sample at a time, on TensorFlow Lite Micro's Python interpreter or "
-        "LiteRT, and prints accuracy, exit shares, time per sample and the size report.")
+        "LiteRT, and prints accuracy, exit shares, time per sample and the size report. "
+        "When the other runtime is installed too, it runs the same samples on it and "
+        "reports how far the two agree.")
     run.add_argument("deploy_dir", metavar="DEPLOY_DIR", help="a folder written by keras-egt export")
     common.add_data_arguments(run)
     run.add_argument("--split", choices=("test", "train"), default="test",
@@ -61,6 +63,8 @@ def register(subparsers):
 
 
 def _calibration_subset(x, count, seed):
+    import numpy as np
+
     if count < 1:
         raise CLIError(f"--num-calibration must be >= 1, got {count}.")
     rng = np.random.default_rng(seed)
@@ -114,8 +118,35 @@ def export_command(args):
     return 0
 
 
+def _compare_runtimes(args, runner, x, labels, exits):
+    """Runs the other runtime on the same samples and prints how far they agree.
+
+    They need not agree exactly: their int8 kernels may round a result one step
+    apart, which can move a sample near a threshold to another exit (see
+    tflite/README.md, "TFLM and LiteRT"). Reported, not hidden.
+    """
+    import numpy as np
+
+    from keras_egt import export
+
+    other = "litert" if args.runtime == "tflm" else "tflm"
+    try:
+        other_runner = export.load_cascade(args.deploy_dir, runtime=other)
+    except ImportError as error:
+        print(f"  {other}: not installed, no cross-check ({str(error).splitlines()[0][:120]})")
+        return
+    other_labels, other_exits = other_runner.predict(x)
+    differ = int(np.sum((other_labels != labels) | (other_exits != exits)))
+    print(f"  agreement with {other} on the same samples: labels "
+          f"{100 * np.mean(other_labels == labels):.2f}%, exits "
+          f"{100 * np.mean(other_exits == exits):.2f}% ({differ} of {len(x)} samples differ"
+          + ("; int8 kernels may round one step apart, see tflite/README.md)" if differ else ")"))
+
+
 def run_command(args):
     """Handler of `keras-egt run-tflite`; returns the exit code."""
+    import numpy as np
+
     from keras_egt import export
 
     runner = export.load_cascade(args.deploy_dir, runtime=args.runtime)
@@ -139,6 +170,7 @@ def run_command(args):
     print(f"  mean MACs per sample {np.mean(macs[exits]):,.0f} (all {runner.num_segments} segments: {macs[-1]:,})")
     print(f"  time per sample {1000 * np.mean(runner.last_seconds):.3f} ms (host, {args.runtime} "
           "Python interpreter)")
+    _compare_runtimes(args, runner, x, labels, exits)
     if args.model:
         from keras_egt.cascade import Cascade
 

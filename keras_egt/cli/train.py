@@ -68,7 +68,9 @@ def load_model(path):
     """Loads a `.keras` model saved by `keras-egt train`, with a one-line error."""
     import keras
 
-    import keras_egt  # noqa: F401  (registers the model's classes)
+    import keras_egt
+
+    keras_egt._register_serializables()
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No such model file: {path}")

@@ -31,7 +31,7 @@ def _floats(text, option):
 
 def register(subparsers):
     """Adds the `tune` command to `subparsers`."""
-    from keras_egt.tuning import DEFAULT_LAMBDAS, OBJECTIVES
+    from keras_egt.tuning_options import DEFAULT_LAMBDAS, OBJECTIVES
 
     parser = subparsers.add_parser(
         "tune", help="KerasTuner search of λ (Table I per trial, Pareto front, best model)",

@@ -7,15 +7,44 @@ message names the file and the problem.
 """
 
 import os
+import warnings
 
 import numpy as np
 
 _EXTENSIONS = (".npy", ".png")
+# Unsigned integer images are scaled to [0, 1] as PNGs are (matplotlib reads an 8- or
+# 16-bit PNG as floats in [0, 1]), so one data set loads the same from .npz, .npy or .png.
+_IMAGE_DTYPES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+# Empty classes quoted in a message at most.
+_QUOTE = 10
 
 
-def _as_images(x):
-    x = np.asarray(x, np.float32)
+def _to_float(x, where):
+    """float32 samples; uint8 / uint16 scaled to [0, 1] like PNGs, with a warning."""
+    x = np.asarray(x)
+    scale = _IMAGE_DTYPES.get(x.dtype)
+    if scale is None:
+        return x.astype(np.float32)
+    warnings.warn(
+        f"{where}: {x.dtype} inputs are scaled to [0, 1] (divided by {scale:g}), as PNGs are; "
+        "save float32 arrays to keep your own scaling.", stacklevel=3)
+    return (x.astype(np.float32) / np.float32(scale)).astype(np.float32)
+
+
+def _as_images(x, where="inputs"):
+    x = _to_float(x, where)
     return x[..., None] if x.ndim == 3 else x
+
+
+def _check_channels_last(shape, where):
+    """Refuses (C, H, W) samples: a leading axis of <= 4 before two larger ones."""
+    if len(shape) == 3 and shape[0] <= 4 < min(shape[1], shape[2]):
+        raise ValueError(
+            f"{where}: samples of shape {tuple(shape)} look channels-first (C, H, W); "
+            "keras-egt wants channels last (H, W, C). Transpose them with "
+            "x.transpose(0, 2, 3, 1) for an (n, C, H, W) array, or "
+            "sample.transpose(1, 2, 0) for one sample."
+        )
 
 
 def _check_inputs(x, where):
@@ -25,6 +54,8 @@ def _check_inputs(x, where):
         raise ValueError(
             f"{where}: inputs must be (samples, height, width[, channels]), got shape {x.shape}."
         )
+    if x.ndim == 4:
+        _check_channels_last(x.shape[1:], where)
     if np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.complexfloating):
         bad = ~np.isfinite(x)
         if bad.any():
@@ -45,11 +76,16 @@ def _check_labels(y, where):
             "(one-hot labels: pass y.argmax(-1))."
         )
     if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
-        raise ValueError(f"{where}: labels must be integer class indices, got dtype {y.dtype}.")
+        raise ValueError(
+            f"{where}: labels must be integer class indices, got dtype {y.dtype}. Map class "
+            "names to indices first, e.g. np.unique(names, return_inverse=True)[1]."
+        )
     if np.issubdtype(y.dtype, np.floating) and (
         not np.all(np.isfinite(y)) or np.any(y != np.round(y))
     ):
         raise ValueError(f"{where}: labels must be whole numbers (class indices 0..C-1).")
+    if y.size and (y.min() < -(2 ** 62) or y.max() > 2 ** 62):
+        raise ValueError(f"{where}: labels must be class indices 0..C-1, found {y.max():g}.")
     return y.astype(np.int64)
 
 
@@ -66,7 +102,10 @@ def _check_classes(labels, num_classes, where):
 def load_npz(path, num_classes=None):
     """Loads a data set from an `.npz` file with `x_train`, `y_train`, `x_test`, `y_test`.
 
-    Inputs of shape `(n, H, W)` get a channel axis. Labels must be integer class
+    Inputs of shape `(n, H, W)` get a channel axis. `uint8` / `uint16` inputs are
+    scaled to [0, 1] (divided by 255 / 65535, with a warning), as `load_folder` reads
+    PNGs; other dtypes are kept as they are. Channels-first arrays are refused with
+    the transpose that fixes them. Labels must be integer class
     indices in `0..C-1`, with `C = num_classes` or the largest training label + 1,
     and every class must have training samples. `x_test` / `y_test` may both be
     left out; the test arrays are then empty.
@@ -120,16 +159,30 @@ def load_npz(path, num_classes=None):
             )
         if split == "train" and len(x) == 0:
             raise ValueError(f"{where}: x_train holds no samples.")
-        out[split] = (_as_images(x), y)
+        out[split] = (_as_images(x, f"{where} x_{split}"), y)
     x_train, y_train = out["train"]
-    if num_classes is None:
-        num_classes = int(y_train.max()) + 1
     _check_classes(y_train, num_classes, f"{path} (train) y_train")
+    given = num_classes is not None
+    if not given:
+        num_classes = int(y_train.max()) + 1
+    if given and num_classes > len(y_train):
+        raise ValueError(f"{path}: num_classes={num_classes} but only {len(y_train)} training "
+                         "samples, so some classes would have none.")
+    if num_classes > len(y_train):
+        # Checked before counting: a label of 10**9 must not allocate 10**9 counters.
+        raise ValueError(
+            f"{path}: the largest training label is {int(y_train.max())}, so there would be "
+            f"{num_classes} classes for {len(y_train)} training samples; labels must be class "
+            "indices 0..C-1 with samples in every class (renumber them, e.g. "
+            "np.unique(y, return_inverse=True)[1])."
+        )
     counts = np.bincount(y_train, minlength=num_classes)
     empty = [int(c) for c in np.flatnonzero(counts == 0)]
     if empty:
+        more = f" and {len(empty) - _QUOTE} more" if len(empty) > _QUOTE else ""
         raise ValueError(
-            f"{path}: classes {empty} have no training samples; labels must cover 0..{num_classes - 1}."
+            f"{path}: classes {empty[:_QUOTE]}{more} have no training samples; labels must "
+            f"cover 0..{num_classes - 1}."
         )
     if "test" in out:
         x_test, y_test = out["test"]
@@ -179,13 +232,14 @@ def _read_split(path, class_names, shape):
                 raise ValueError(f"{file_path}: unreadable ({error}).") from error
             if not np.issubdtype(sample.dtype, np.number):
                 raise ValueError(f"{file_path}: not numeric (dtype {sample.dtype}).")
-            sample = sample.astype(np.float32)
+            sample = _to_float(sample, file_path)
             if sample.ndim == 2:
                 sample = sample[..., None]
             if sample.ndim != 3:
                 raise ValueError(
                     f"{file_path}: expected an (H, W) or (H, W, C) array, got shape {sample.shape}."
                 )
+            _check_channels_last(sample.shape, file_path)
             if shape[0] is None:
                 shape[0], shape[1] = sample.shape, file_path
             elif sample.shape != shape[0]:
@@ -207,7 +261,8 @@ def load_folder(path, class_names=None, test_fraction=0.0, seed=0, return_class_
     `test_fraction`), or `path/train/<class>/...` and `path/test/<class>/...`.
     Classes are the sub-folders in sorted order, or `class_names` in that order.
     `.npy` files hold an `(H, W)` or `(H, W, C)` array; PNGs are read as floats in
-    [0, 1]. Other files are ignored.
+    [0, 1], and so are `uint8` / `uint16` `.npy` arrays (divided by 255 / 65535, with
+    a warning), as in `load_npz`. Other files are ignored.
 
     Args:
         path: the folder.

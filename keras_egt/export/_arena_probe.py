@@ -1,6 +1,8 @@
 """Finds the smallest TFLM arena of a model; run as a script by `runtime.tflm_arena_bytes`.
 
     python _arena_probe.py MODEL.tflite ZERO_POINT SHAPE LOW HIGH RECORDED
+    python _arena_probe.py --check JOB_JSON      (see `check`)
+    python _arena_probe.py --serve               (see `serve`)
 
 TFLM's Python interpreter can crash the process (not raise) when the arena is a few
 bytes short, so every probe of a too-small arena runs here, in a child process that
@@ -9,6 +11,7 @@ LOW is a size known to fail (-1: none), HIGH one known to allocate (0: none),
 RECORDED the recording allocator's total (0: measure it). Imports no keras_egt (fast).
 """
 
+import json
 import os
 import re
 import sys
@@ -91,7 +94,54 @@ def main(path, zero_point, shape, low, high, recorded):
     say("verified", high)
 
 
+def check(job):
+    """`--check JOB`: allocate and run each {path, arena, zero_point, shape, index} of the
+    JSON list JOB; says "try K", then "ok K" or "fail K message". A crash shows as the
+    process's exit code after "try K"."""
+    for item in json.loads(job):
+        say("try", item["index"])
+        with open(item["path"], "rb") as f:
+            model = f.read()
+        sample = np.full(tuple(item["shape"]), item["zero_point"], np.int8)
+
+        def run():
+            interpreter = tflm.Interpreter.from_bytes(model, arena_size=int(item["arena"]))
+            interpreter.get_input_details(0)
+            for index in item.get("outputs", []):  # out of range may crash, not raise
+                interpreter.get_output_details(index)
+            interpreter.set_input(sample, 0)
+            interpreter.invoke()
+            return True
+
+        try:
+            result, text = quiet(run)
+        except Exception as error:  # e.g. ValueError from a malformed model
+            result, text = error, ""
+        if result is True:
+            say("ok", item["index"])
+        else:
+            message = " ".join(f"{result} {text}".split())[-300:]
+            say("fail", item["index"], message)
+
+
+def serve():
+    """`--serve`: one `check` job (a JSON line) per line of stdin, each answered by its
+    lines and "done"; exits at EOF (the parent has gone)."""
+    for line in sys.stdin:
+        try:
+            check(line)
+        except Exception as error:  # a bad job: reported, the server goes on
+            say("error", " ".join(str(error).split())[:300])
+        say("done")
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--check":
+        check(sys.argv[2])
+        sys.exit(0)
+    if sys.argv[1] == "--serve":
+        serve()
+        sys.exit(0)
     path, zero_point, shape, low, high, recorded = sys.argv[1:7]
     main(path, int(zero_point), tuple(int(d) for d in shape.split(",")), int(low), int(high),
          int(recorded))

@@ -10,16 +10,28 @@ import traceback
 from keras_egt import atomic
 
 
-def main(job_path):
+def main(job_path, watch_parent=False):
+    from keras_egt.export import _lifetime
+
+    if watch_parent:
+        # Die with the parent: it holds our stdin pipe (EOF = it is gone) and the kernel
+        # sends SIGTERM on its death (Linux); SIGTERM raises, so the export cleans up.
+        _lifetime.watch_parent()
     with open(job_path, encoding="utf-8") as f:
         job = json.load(f)
+    with _lifetime.terminate_raises():
+        return _run(job)
+
+
+def _run(job):
     try:
         import keras
         import numpy as np
 
         if keras.backend.backend() != "tensorflow":
             raise RuntimeError("the export worker must run with KERAS_BACKEND=tensorflow.")
-        import keras_egt  # noqa: F401  (registers the model's classes for loading)
+        import keras_egt.model  # noqa: F401  (registers the model's classes for loading)
+        import keras_egt.callbacks  # noqa: F401
         from keras_egt import export
 
         model = keras.saving.load_model(job["model"], compile=False)
@@ -34,4 +46,4 @@ def main(job_path):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1], watch_parent=True))

@@ -18,13 +18,13 @@ keras-egt repository; `tflite/README.md` shows how to wire it into a TFLM firmwa
 Pure Python: no TensorFlow needed.
 """
 
-import hashlib
 import json
 import math
 import os
 import struct
 
 from keras_egt import atomic
+from keras_egt.export.manifest import DIGEST_KEY, read_segment, validate_manifest
 
 __all__ = [
     "format_c_array",
@@ -147,10 +147,10 @@ def tflm_op_method(op):
 def write_c_sources(out_dir, manifest):
     """Writes `model_data.c`, `model_data.h` and `egt_manifest.h` into a deploy folder.
 
-    Each file is written atomically (temporary file, then rename). The segment files
-    are checked against the manifest (sha256 and size) before anything is written, and
-    so is the handoff (segment k+1's input has the shape and quantization of segment
-    k's features), which the C driver relies on.
+    Each file is written atomically (temporary file, then rename). The manifest is
+    validated first by `keras_egt.export.manifest.validate_manifest` (every field, the
+    handoff between segments, which the C driver relies on, the int8 thresholds and
+    the manifest's digest), and the segment files against it (sha256 and size).
 
     Args:
         out_dir: the folder holding the manifest's `.tflite` files; the C files go there.
@@ -166,11 +166,16 @@ def write_c_sources(out_dir, manifest):
     out_dir = os.fspath(out_dir)
     if not os.path.isdir(out_dir):
         raise FileNotFoundError(f"deploy folder not found: {out_dir!r}.")
-    if not isinstance(manifest, dict):
+    if isinstance(manifest, dict):
+        validate_manifest(manifest)
+    else:
         with open(manifest, encoding="utf-8") as f:
-            manifest = json.load(f)
-    segments = _check_manifest(manifest)
-    blobs = [_read_segment(out_dir, seg) for seg in segments]
+            manifest = validate_manifest(json.load(f), source=repr(os.fspath(manifest)))
+    segments = manifest["segments"]
+    for seg in segments:
+        for op in seg["ops"]:
+            tflm_op_method(op)
+    blobs = [read_segment(out_dir, seg) for seg in segments]
     files = {
         "model_data.h": _model_data_h(segments),
         "model_data.c": _model_data_c(segments, blobs),
@@ -192,119 +197,6 @@ def _check_identifier(name):
     if not (isinstance(name, str) and name and name.replace("_", "a").isalnum()
             and name.isascii() and not name[0].isdigit()):
         raise ValueError(f"not a C identifier: {name!r}.")
-
-
-def _require(mapping, key, where):
-    if not isinstance(mapping, dict) or key not in mapping:
-        raise ValueError(
-            f"manifest: {where} has no {key!r}; re-export the model with "
-            f"keras_egt.export.export_cascade."
-        )
-    return mapping[key]
-
-
-def _check_tensor(spec, where, rank=None):
-    if not isinstance(spec, dict):
-        raise ValueError(f"manifest: {where} must be an object, got {spec!r}.")
-    shape = _require(spec, "shape", where)
-    if (not isinstance(shape, list) or not shape
-            or not all(isinstance(d, int) and d >= 1 for d in shape)):
-        raise ValueError(f"manifest: {where} shape must be positive integers, got {shape!r}.")
-    if rank is not None and len(shape) != rank:
-        raise ValueError(f"manifest: {where} must have rank {rank}, got shape {shape}.")
-    if _require(spec, "dtype", where) != "int8":
-        raise ValueError(
-            f"manifest: {where} dtype is {spec['dtype']!r}; the C kit needs a full-int8 export."
-        )
-    scale = _require(spec, "scale", where)
-    zero_point = _require(spec, "zero_point", where)
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
-        raise ValueError(f"manifest: {where} scale must be a positive number, got {scale!r}.")
-    if not (isinstance(zero_point, int) and -128 <= zero_point <= 127):
-        raise ValueError(f"manifest: {where} zero_point must be an int8, got {zero_point!r}.")
-
-
-def _check_manifest(manifest):
-    segments = _require(manifest, "segments", "the manifest")
-    if not isinstance(segments, list) or not segments:
-        raise ValueError("manifest: 'segments' must be a non-empty list.")
-    num_classes = _require(manifest, "num_classes", "the manifest")
-    if not (isinstance(num_classes, int) and num_classes >= 1):
-        raise ValueError(f"manifest: num_classes must be a positive int, got {num_classes!r}.")
-    class_names = manifest.get("class_names")
-    if class_names is not None and (
-        not isinstance(class_names, list) or len(class_names) != num_classes
-        or not all(isinstance(n, str) for n in class_names)
-    ):
-        raise ValueError(
-            f"manifest: class_names must be null or {num_classes} strings, got {class_names!r}."
-        )
-    last = len(segments)
-    for k, seg in enumerate(segments, start=1):
-        where = f"segment {k}"
-        if _require(seg, "index", where) != k:
-            raise ValueError(f"manifest: segment {k} has index {seg['index']!r}; expected {k}.")
-        for key in ("file", "sha256", "flash_bytes", "arena_bytes", "ops"):
-            _require(seg, key, where)
-        if not isinstance(seg["file"], str) or os.path.basename(seg["file"]) != seg["file"]:
-            raise ValueError(f"manifest: {where} file must be a plain file name, got {seg['file']!r}.")
-        if not (isinstance(seg["arena_bytes"], int) and seg["arena_bytes"] >= 0):
-            raise ValueError(f"manifest: {where} arena_bytes must be an int >= 0.")
-        ops = seg["ops"]
-        if not isinstance(ops, list) or not ops:
-            raise ValueError(f"manifest: {where} ops must be a non-empty list of op names.")
-        for op in ops:
-            tflm_op_method(op)
-        _check_tensor(_require(seg, "input", where), f"{where} input")
-        _check_tensor(_require(seg, "probabilities", where), f"{where} probabilities")
-        if seg["probabilities"]["shape"] != [1, num_classes]:
-            raise ValueError(
-                f"manifest: {where} probabilities shape is {seg['probabilities']['shape']}; "
-                f"expected [1, {num_classes}] (num_classes)."
-            )
-        _require(seg["probabilities"], "output_index", f"{where} probabilities")
-        features = _require(seg, "features", where)
-        threshold = _require(seg, "threshold_int8", where)
-        if k < last:
-            if features is None:
-                raise ValueError(f"manifest: {where} has no features; only the last may lack them.")
-            _check_tensor(features, f"{where} features")
-            _require(features, "output_index", f"{where} features")
-            if not (isinstance(threshold, int) and -128 <= threshold <= 128):
-                raise ValueError(
-                    f"manifest: {where} threshold_int8 must be an int in [-128, 128], "
-                    f"got {threshold!r}."
-                )
-        elif features is not None:
-            raise ValueError(f"manifest: the last segment ({k}) must not output features.")
-    for k in range(1, last):
-        out, nxt = segments[k - 1]["features"], segments[k]["input"]
-        for key in ("shape", "scale", "zero_point"):
-            if out[key] != nxt[key]:
-                raise ValueError(
-                    f"manifest: segment {k} features {key} {out[key]!r} differ from segment "
-                    f"{k + 1} input {key} {nxt[key]!r}; the firmware passes the int8 buffer "
-                    f"as is, so they must be equal. Re-export the model."
-                )
-    return segments
-
-
-def _read_segment(out_dir, seg):
-    path = os.path.join(out_dir, seg["file"])
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"segment {seg['index']}: {path!r} not found.")
-    with open(path, "rb") as f:
-        data = f.read()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != seg["sha256"] or len(data) != seg["flash_bytes"]:
-        raise ValueError(
-            f"segment {seg['index']}: {path!r} ({len(data)} bytes, sha256 {digest[:12]}...) "
-            f"does not match the manifest ({seg['flash_bytes']} bytes, sha256 "
-            f"{str(seg['sha256'])[:12]}...); the file was changed after export. Re-export."
-        )
-    if not data:
-        raise ValueError(f"segment {seg['index']}: {path!r} is empty.")
-    return data
 
 
 # ---------------------------------------------------------------------------------
@@ -440,7 +332,10 @@ def _manifest_h(manifest, segments):
         "#ifndef EGT_MANIFEST_H_",
         "#define EGT_MANIFEST_H_",
         "",
-        f"#define EGT_MANIFEST_FORMAT_VERSION {int(manifest.get('format_version', 1))}",
+        f"#define EGT_MANIFEST_FORMAT_VERSION {int(manifest['format_version'])}",
+        "/* SHA-256 of manifest.json's canonical content (keras_egt.export.manifest); a",
+        " * build can compare it with the deploy folder it was made from. */",
+        f'#define EGT_MANIFEST_SHA256 "{manifest[DIGEST_KEY]}"',
         f"#define EGT_NUM_SEGMENTS {n}",
         f"#define EGT_NUM_CLASSES {num_classes}",
     ]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,9 @@ import keras
 import numpy as np
 
 from keras_egt.cascade import resolve_criterion, resolve_thresholds
+from keras_egt.export import _lifetime
 from keras_egt.export import runtime as rt
+from keras_egt.export.manifest import seal_manifest
 from keras_egt.export.segments import build_segments, check_model, segment_inputs, segment_shapes
 
 # Retries of a segment whose input quantization did not come out equal to the
@@ -40,8 +43,22 @@ def check_representative_data(data, image_shape):
     return data
 
 
+# Staging and replaced folders next to out_dir, tagged with the exporting pid, and the
+# job folders of run_in_tensorflow: what a killed export leaves, removed by the next.
+_STAGING = r"\.{name}\.(?:tmp|old)-(\d+)-.*"
+_JOB_TMP_PATTERN = r"keras_egt_export_(\d+)_.*"
+
+
 def _check_out_dir(out_dir, overwrite):
     out_dir = os.path.abspath(os.fspath(out_dir))
+    ancestor = os.path.dirname(out_dir)
+    while not os.path.exists(ancestor) and os.path.dirname(ancestor) != ancestor:
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"cannot create the deploy folder {out_dir!r}: {ancestor!r} is not a writable "
+            "folder. Choose a folder you can write to."
+        )
     if os.path.exists(out_dir):
         if not os.path.isdir(out_dir):
             raise ValueError(f"out_dir {out_dir!r} exists and is not a folder.")
@@ -57,7 +74,7 @@ def _publish(tmp_dir, out_dir):
     """Moves the finished folder into place (renames only; the old one goes last)."""
     trash = None
     if os.path.exists(out_dir):
-        trash = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-",
+        trash = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-{os.getpid()}-",
                                  dir=os.path.dirname(out_dir))
         os.rmdir(trash)
         os.rename(out_dir, trash)
@@ -197,6 +214,7 @@ def _export_into(folder, model, data, thresholds, class_names, verbose, metadata
         if key in manifest and key != "quantization":
             raise ValueError(f"metadata key {key!r} is a manifest field; rename it.")
         manifest[key] = value
+    seal_manifest(manifest)
     path = os.path.join(folder, rt.MANIFEST)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2)
@@ -224,8 +242,15 @@ def export_cascade(model, out_dir, representative_data, threshold=0.9, class_nam
     The folder gets `segment_1.tflite` ... `segment_K.tflite`, `manifest.json`
     (shapes, quantization, int8 exit thresholds, sha256, flash and arena bytes,
     MACs, ops) and the C sources `model_data.c/.h` and `egt_manifest.h` of
-    `keras_egt.export.c_sources`. It is written into a temporary folder next to `out_dir`
-    and renamed at the end, so a failed export leaves nothing behind.
+    `keras_egt.export.c_sources`. The manifest is sealed with its content digest
+    (`manifest_sha256`, see `keras_egt.export.manifest`), which `egt_manifest.h`
+    records too. The folder is staged in `.<name>.tmp-<pid>-*` next to `out_dir` and
+    renamed at the end (it then has the user's umask, like any folder), so a failed
+    export leaves nothing behind; SIGTERM is turned into an exception that removes
+    the staging folder, the TensorFlow worker of another backend dies with its parent,
+    and what a SIGKILL left (staging folders of dead processes here, their
+    `keras_egt_export_*` / `keras_egt_arena_*` folders in the system temp folder) is
+    removed by the next export.
 
     Needs TensorFlow (`pip install keras-egt[deploy]`). A model living on the JAX or
     PyTorch backend is saved to a temporary `.keras` file and exported by a
@@ -279,24 +304,43 @@ def export_cascade(model, out_dir, representative_data, threshold=0.9, class_nam
     from keras_egt.export import _deps
 
     _deps.tensorflow()
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-    try:
-        manifest = _export_into(tmp_dir, model, data, thresholds, class_names, verbose, metadata)
-        c_sources.write_c_sources(tmp_dir, manifest)
-        _publish(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+    with _lifetime.terminate_raises():
+        tmp_dir = _staging_folder(out_dir)
+        try:
+            manifest = _export_into(tmp_dir, model, data, thresholds, class_names, verbose,
+                                    metadata)
+            c_sources.write_c_sources(tmp_dir, manifest)
+            _lifetime.user_mode(tmp_dir)
+            _publish(tmp_dir, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            raise
     return manifest
+
+
+def _staging_folder(out_dir):
+    """A fresh `.<name>.tmp-<pid>-*` folder next to `out_dir`, after removing the ones that
+    killed exports left there (and in the system temp folder)."""
+    parent, name = os.path.split(out_dir)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        _lifetime.remove_stale(parent, _STAGING.format(name=re.escape(name)))
+        _lifetime.remove_stale(tempfile.gettempdir(), _JOB_TMP_PATTERN)
+        _lifetime.remove_stale(tempfile.gettempdir(), rt.ARENA_TMP_PATTERN)
+        return tempfile.mkdtemp(prefix=f".{name}.tmp-{os.getpid()}-", dir=parent)
+    except OSError as error:
+        raise PermissionError(
+            f"cannot create the deploy folder {out_dir!r}: {error.strerror or error} "
+            f"(in {parent!r}). Choose a folder you can write to."
+        ) from None
 
 
 # ---------------------------------------------------------------------------------
 # Other backends: the export runs in a TensorFlow-backend subprocess.
 
 _ERRORS = {"ValueError": ValueError, "TypeError": TypeError, "ImportError": ImportError,
-           "FileNotFoundError": FileNotFoundError, "RuntimeError": RuntimeError}
+           "FileNotFoundError": FileNotFoundError, "RuntimeError": RuntimeError,
+           "PermissionError": PermissionError}
 
 
 def run_in_tensorflow(function, model, arrays, kwargs):
@@ -309,7 +353,9 @@ def run_in_tensorflow(function, model, arrays, kwargs):
     Returns:
         The function's JSON-serialisable result.
     """
-    with tempfile.TemporaryDirectory(prefix="keras_egt_export_") as work:
+    _lifetime.remove_stale(tempfile.gettempdir(), _JOB_TMP_PATTERN)
+    with _lifetime.terminate_raises(), \
+            tempfile.TemporaryDirectory(prefix=f"keras_egt_export_{os.getpid()}_") as work:
         model_path = os.path.join(work, "model.keras")
         model.save(model_path)
         array_paths = {}
@@ -323,10 +369,11 @@ def run_in_tensorflow(function, model, arrays, kwargs):
             json.dump(job, f)
         env = dict(os.environ, KERAS_BACKEND="tensorflow")
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        process = subprocess.run(
-            [sys.executable, "-m", "keras_egt.export._worker", job_path],
-            env=env, stdin=subprocess.DEVNULL, stdout=None if kwargs.get("verbose") else subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
+        # The worker dies with this process: SIGTERM from the kernel when we die (Linux)
+        # and EOF on its stdin pipe (everywhere); it then removes its staging folder.
+        process = _lifetime.run_child(
+            [sys.executable, "-m", "keras_egt.export._worker", job_path], env=env,
+            stdout=None if kwargs.get("verbose") else subprocess.PIPE,
         )
         result = None
         if os.path.exists(job["result"]):

@@ -11,17 +11,24 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
 
-from keras_egt.cascade import first_exit, should_exit
-from keras_egt.export import _deps
+from keras_egt.exit_rule import first_exit, should_exit
+from keras_egt.export import _deps, _lifetime
+from keras_egt.export.manifest import (  # noqa: F401  (re-exported names)
+    CRITERION,
+    FORMAT_VERSION,
+    MANIFEST,
+    load_manifest,
+    read_segment,
+)
 
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
 RUNTIMES = ("tflm", "litert")
-CRITERION = "max_probability"
+# Temporary folders of tflm_arena_bytes, tagged with the pid (see _lifetime.remove_stale).
+ARENA_TMP_PATTERN = r"keras_egt_arena_(\d+)_.*"
 
 
 def int8_threshold(threshold, scale, zero_point):
@@ -95,7 +102,11 @@ def sha256(data):
 
 
 def read_manifest(deploy_dir):
-    """Reads and sanity-checks `manifest.json` of a deploy folder.
+    """Reads and validates `manifest.json` of a deploy folder.
+
+    See `keras_egt.export.manifest.load_manifest`: every field, the cross-checks
+    and the manifest's digest are checked; any inconsistency raises a ValueError
+    naming the field.
 
     Args:
         deploy_dir: a folder written by `export_cascade`.
@@ -103,61 +114,7 @@ def read_manifest(deploy_dir):
     Returns:
         The manifest dict.
     """
-    path = os.path.join(os.fspath(deploy_dir), MANIFEST)
-    if not os.path.isdir(deploy_dir):
-        raise FileNotFoundError(f"deploy folder not found: {os.fspath(deploy_dir)!r}.")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{path!r} not found: not a deploy folder written by keras_egt.export.export_cascade."
-        )
-    try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path!r} is not valid JSON ({error}); re-export the model.") from None
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{path!r} has format_version {manifest.get('format_version') if isinstance(manifest, dict) else None!r}; "
-            f"this keras_egt reads version {FORMAT_VERSION}. Re-export the model."
-        )
-    if manifest.get("criterion", CRITERION) != CRITERION:
-        raise ValueError(f"{path!r}: unknown exit criterion {manifest.get('criterion')!r}.")
-    segments = manifest.get("segments")
-    if not isinstance(segments, list) or not segments:
-        raise ValueError(f"{path!r} lists no segments; re-export the model.")
-    for k, seg in enumerate(segments, start=1):
-        for key in ("file", "sha256", "flash_bytes", "arena_bytes", "input", "probabilities",
-                    "features", "threshold_int8"):
-            if key not in seg:
-                raise ValueError(f"{path!r}: segment {k} has no {key!r}; re-export the model.")
-    for k in range(1, len(segments)):
-        out, nxt = segments[k - 1]["features"], segments[k]["input"]
-        if out is None or any(out[key] != nxt[key] for key in ("shape", "scale", "zero_point")):
-            raise ValueError(
-                f"{path!r}: segment {k}'s features and segment {k + 1}'s input differ in "
-                "shape or quantization, so the int8 handoff would be wrong. Re-export the model."
-            )
-    return manifest
-
-
-def read_segment(deploy_dir, seg):
-    """The bytes of one segment file, after checking its size and sha256 against the manifest."""
-    path = os.path.join(os.fspath(deploy_dir), seg["file"])
-    if os.path.basename(seg["file"]) != seg["file"]:
-        raise ValueError(f"manifest: segment file {seg['file']!r} must be a plain file name.")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"segment {seg['index']}: {path!r} not found.")
-    with open(path, "rb") as f:
-        data = f.read()
-    digest = sha256(data)
-    if digest != seg["sha256"] or len(data) != seg["flash_bytes"]:
-        raise ValueError(
-            f"segment {seg['index']}: {path!r} does not match the manifest (sha256 "
-            f"{digest[:16]}..., {len(data)} bytes; manifest: {str(seg['sha256'])[:16]}..., "
-            f"{seg['flash_bytes']} bytes). The file was modified or comes from another "
-            "export; refusing to run it. Re-export the model."
-        )
-    return data
+    return load_manifest(deploy_dir)
 
 
 def _check_tensor(detail, spec, where):
@@ -184,7 +141,14 @@ class _LiteRTSegment:
 
     def __init__(self, data, seg, num_threads=None):
         litert = _deps.require("ai_edge_litert.interpreter", "the LiteRT runtime")
-        self.interpreter = litert.Interpreter(model_content=data, num_threads=num_threads)
+        # Without the default XNNPACK delegate: its int8 kernels round some conv,
+        # logistic and mul results one step off TFLM's, and a one-step difference in
+        # the features can move a sample's exit (benchmarks/runtime_agreement.py,
+        # tflite/README.md). LiteRT's own optimized kernels match TFLM's features.
+        self.interpreter = litert.Interpreter(
+            model_content=data, num_threads=num_threads,
+            experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        )
         self.interpreter.allocate_tensors()
         inputs = self.interpreter.get_input_details()
         outputs = self.interpreter.get_output_details()
@@ -196,7 +160,10 @@ class _LiteRTSegment:
                     "zero_points": q["zero_points"]}
 
         expected = 1 if seg["features"] is None else 2
-        if len(inputs) != 1 or len(outputs) != expected:
+        indices = {seg["probabilities"]["output_index"]}
+        if seg["features"] is not None:
+            indices.add(seg["features"]["output_index"])
+        if len(inputs) != 1 or len(outputs) != expected or max(indices) >= len(outputs):
             raise ValueError(f"{where} has {len(inputs)} inputs and {len(outputs)} outputs; "
                              f"expected 1 and {expected}. Re-export the model.")
         _check_tensor(detail(inputs[0]), seg["input"], f"{where} input")
@@ -219,6 +186,109 @@ class _LiteRTSegment:
         return probabilities, self.interpreter.get_tensor(self.features)
 
 
+# (sha256, arena bytes) pairs that TFLM allocated and ran in a child process.
+_PROBED = set()
+
+
+class _Prober:
+    """A long-lived `_arena_probe.py --serve` child (started on first use, restarted
+    after a crash), so that checking a segment costs no process start."""
+
+    def __init__(self):
+        self.process = None
+        self.lock = threading.Lock()
+
+    def run(self, job):
+        """Sends one job line; returns (its output lines, the exit code if it died, stderr)."""
+        with self.lock:
+            if self.process is None or self.process.poll() is not None:
+                script = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                      "_arena_probe.py")
+                self.process = subprocess.Popen(
+                    [sys.executable, script, "--serve"], stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
+                    preexec_fn=_lifetime._die_with_parent if os.name == "posix" else None,
+                )
+            process, lines = self.process, []
+            try:
+                process.stdin.write(job.replace("\n", " ") + "\n")
+                process.stdin.flush()
+                for line in process.stdout:
+                    line = line.rstrip("\n")
+                    if line == "done":
+                        return lines, None, ""
+                    lines.append(line)
+            except (BrokenPipeError, OSError):
+                pass
+            returncode = process.wait()  # it died mid-job: a crash
+            self.process = None
+            return lines, returncode, ""
+
+
+_PROBER = _Prober()
+
+
+def probe_tflm(deploy_dir, segments, arenas):
+    """Allocates and runs each segment in its arena in a child process first.
+
+    TFLM's Python interpreter can crash the process (a segmentation fault, not an
+    exception) when the arena is too small or the flatbuffer is malformed, and a
+    manifest's `arena_bytes` or a segment file can be edited along with every digest
+    (see `keras_egt.export.manifest`). So every (file, arena) pair is tried once per
+    process in `_arena_probe.py --check`; a crash there becomes a RuntimeError here.
+
+    Raises:
+        RuntimeError: naming the segment, the arena and what TFLM said.
+    """
+    for seg, arena in zip(segments, arenas):
+        if int(arena) < seg["arena_recorded_bytes"]:
+            raise ValueError(
+                f"segment {seg['index']}: an arena of {int(arena)} bytes is below the "
+                f"{seg['arena_recorded_bytes']} bytes TFLM's recording allocator recorded for "
+                "it; refusing before TFLM touches it."
+            )
+    todo = [(seg, int(a)) for seg, a in zip(segments, arenas)
+            if (seg["sha256"], int(a)) not in _PROBED]
+    if not todo:
+        return
+    job = [{"path": os.path.join(os.fspath(deploy_dir), seg["file"]), "sha256": seg["sha256"],
+            "arena": arena, "zero_point": seg["input"]["zero_point"],
+            "shape": seg["input"]["shape"], "index": seg["index"],
+            "outputs": [seg["probabilities"]["output_index"]]
+            + ([] if seg["features"] is None else [seg["features"]["output_index"]])}
+           for seg, arena in todo]
+    lines, returncode, stderr = _PROBER.run(json.dumps(job))
+    done = {}
+    current = None
+    for line in lines:
+        word, _, rest = line.partition(" ")
+        if word == "try":
+            current = int(rest)
+        elif word in ("ok", "fail"):
+            index, _, message = rest.partition(" ")
+            done[int(index)] = (word, message)
+            current = None
+        elif word == "error":
+            stderr = rest
+    for seg, arena in todo:
+        word, message = done.get(seg["index"], (None, ""))
+        where = f"segment {seg['index']} ({seg['file']})"
+        if word == "ok":
+            _PROBED.add((seg["sha256"], arena))
+            continue
+        if word == "fail":
+            raise RuntimeError(f"{where}: TFLM could not allocate or run it in {arena} bytes of "
+                               f"arena: {message[-300:]}")
+        if current == seg["index"] or (returncode is not None and returncode < 0):
+            raise RuntimeError(
+                f"{where}: TFLM crashed (exit code {returncode}) allocating it in "
+                f"{arena} bytes of arena; the manifest's arena_bytes is too small or the "
+                "segment file is malformed. Refusing it; re-export the model."
+            )
+        raise RuntimeError(f"{where}: checking it on TFLM failed: "
+                           + " ".join((stderr or "").split())[-400:])
+
+
 class _TFLMSegment:
     """One segment on the TensorFlow Lite Micro interpreter, in its manifest arena."""
 
@@ -226,6 +296,8 @@ class _TFLMSegment:
         tflm = _deps.require("tflite_micro.python.tflite_micro.runtime", "the TFLM runtime")
         where = f"segment {seg['index']} ({seg['file']})"
         arena = int(arena_bytes if arena_bytes is not None else seg["arena_bytes"])
+        if (seg["sha256"], arena) not in _PROBED:
+            raise RuntimeError(f"{where}: probe_tflm must check the arena first.")
         native = []
         try:
             with _deps.captured_native_output(native):
@@ -287,15 +359,15 @@ def tflm_arena_bytes(model_bytes, input_shape, input_zero_point=0, return_record
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_arena_probe.py")
     shape = ",".join(str(int(d)) for d in input_shape)
     low, high, recorded, verified = -1, 0, 0, None
-    with tempfile.TemporaryDirectory(prefix="keras_egt_arena_") as work:
+    _lifetime.remove_stale(tempfile.gettempdir(), ARENA_TMP_PATTERN)
+    with tempfile.TemporaryDirectory(prefix=f"keras_egt_arena_{os.getpid()}_") as work:
         path = os.path.join(work, "model.tflite")
         with open(path, "wb") as f:
             f.write(model_bytes)
         for _ in range(64):
-            process = subprocess.run(
+            process = _lifetime.run_child(
                 [sys.executable, script, path, str(int(input_zero_point)), shape, str(low),
                  str(high), str(recorded)],
-                stdin=subprocess.DEVNULL, capture_output=True, text=True,
             )
             trying = None
             for line in process.stdout.split("\n"):
@@ -347,6 +419,7 @@ class CascadeRunner:
         if runtime == "litert":
             self._segments = [_LiteRTSegment(b, s, num_threads) for b, s in zip(blobs, segments)]
         else:
+            probe_tflm(deploy_dir, segments, [seg["arena_bytes"] for seg in segments])
             self._segments = [_TFLMSegment(b, s) for b, s in zip(blobs, segments)]
         self.num_classes = int(self.manifest["num_classes"])
         self.input_shape = tuple(self.manifest["input_shape"])
@@ -369,6 +442,8 @@ class CascadeRunner:
             )
         if x.dtype == np.int8:
             return x
+        if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+            raise ValueError(f"x must be a numeric array, got dtype {x.dtype}.")
         if not np.all(np.isfinite(x)):
             raise ValueError("x holds NaN or Inf values.")
         spec = self.manifest["segments"][0]["input"]

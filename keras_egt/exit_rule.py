@@ -1,0 +1,222 @@
+"""The exit rule of the confident-exit cascade, written once, in numpy alone.
+
+A sample leaves at early exit k as soon as that exit is confident enough:
+`confidence(p_k) >= threshold_k`, where
+
+* `"max_probability"` (the paper's): `confidence = max_c p_c`;
+* `"entropy"`: `confidence = 1 - H(p) / log(C)`, with `H(p) = -sum_c p_c log p_c`.
+
+Both confidences lie in [0, 1] and a higher threshold is stricter: 0 sends every
+sample out at exit 1, a threshold above 1 (`NEVER_EXIT`, `inf`) never exits, and the
+final exit takes whatever reaches it. The float cascade (`keras_egt.cascade`), its
+compiled batch-1 path, the timing paths, calibration and the int8 runtimes
+(`keras_egt.export.runtime`, on int8 probabilities against int8 thresholds) all
+decide through `should_exit` / `first_exit`, and thresholds are resolved by
+`resolve_thresholds` alone. `tflite/egt_cascade.c` is the device's copy, tested equal.
+This module imports neither Keras nor a backend, so a deploy folder runs without them.
+"""
+
+import math
+
+import numpy as np
+
+__all__ = ["CRITERIA", "NEVER_EXIT", "confidence", "decide", "exit_shares", "first_exit",
+           "oracle_exits", "resolve_criterion", "resolve_thresholds", "should_exit"]
+
+CRITERIA = ("max_probability", "entropy")
+# Any threshold above 1 never fires (confidences lie in [0, 1]); 2.0 stays a plain
+# JSON number, unlike inf.
+NEVER_EXIT = 2.0
+
+
+def _check_criterion(criterion):
+    if criterion not in CRITERIA:
+        raise ValueError(f"Unknown exit criterion {criterion!r}; use one of {CRITERIA}.")
+    return criterion
+
+
+def _check_threshold(value, where="threshold"):
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} must be a number, got {value!r}.") from None
+    if math.isnan(value):
+        raise ValueError(f"{where} must be a number, got NaN.")
+    return value
+
+
+def confidence(probabilities, criterion="max_probability"):
+    """The confidence of each prediction, in [0, 1] (see the module docstring).
+
+    Args:
+        probabilities: array `(..., num_classes)` of softmax outputs.
+        criterion: `"max_probability"` or `"entropy"`.
+
+    Returns:
+        A float64 array `probabilities.shape[:-1]`.
+
+    Example:
+    >>> confidence(np.array([[0.5, 0.5], [1.0, 0.0]]), "entropy")   # [0., 1.]
+    """
+    _check_criterion(criterion)
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.ndim < 1 or p.shape[-1] < 2:
+        raise ValueError(
+            f"probabilities must have a class axis of at least 2 classes last, got shape {p.shape}."
+        )
+    if criterion == "max_probability":
+        return p.max(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    entropy = -plogp.sum(axis=-1)
+    return np.clip(1.0 - entropy / math.log(p.shape[-1]), 0.0, 1.0)
+
+
+def should_exit(probabilities, threshold, criterion="max_probability"):
+    """The exit rule: whether each sample is confident enough to leave at this exit.
+
+    `confidence(probabilities, criterion) >= threshold`. Threshold 0 exits every
+    sample; any threshold above 1 exits none.
+
+    Args:
+        probabilities: numpy array `(num_classes,)` or `(n, num_classes)` of softmax
+            outputs of one exit.
+        threshold: a number; higher is stricter for both criteria.
+        criterion: `"max_probability"` (the paper's) or `"entropy"` (exit when
+            `1 - H(p)/log(C) >= threshold`).
+
+    Returns:
+        A numpy bool array `probabilities.shape[:-1]` (a 0-d array for one sample).
+
+    Example:
+    >>> should_exit(np.array([[0.95, 0.05], [0.6, 0.4]]), 0.9)
+    array([ True, False])
+    """
+    threshold = _check_threshold(threshold)
+    return np.asarray(confidence(probabilities, criterion) >= threshold)
+
+
+def resolve_criterion(threshold, criterion=None):
+    """The exit criterion to use with `threshold`.
+
+    Thresholds from `calibrate_thresholds` remember their criterion: it is used when
+    `criterion` is None, and a different explicit one is an error (the thresholds of
+    one criterion mean nothing for the other). Otherwise None means
+    `"max_probability"`.
+    """
+    calibrated = getattr(threshold, "criterion", None)
+    if criterion is None:
+        return calibrated or "max_probability"
+    _check_criterion(criterion)
+    if calibrated is not None and calibrated != criterion:
+        raise ValueError(
+            f"These thresholds were calibrated for criterion {calibrated!r}, not "
+            f"{criterion!r}; calibrate again with criterion={criterion!r}."
+        )
+    return criterion
+
+
+def resolve_thresholds(threshold, num_exits):
+    """One threshold per exit, from one number or one per early exit.
+
+    The one place thresholds are resolved: the float cascade, the timing paths,
+    calibration and the int8 export all call it.
+
+    Args:
+        threshold: one number for every early exit; or K - 1 numbers (one per
+            early exit); or K numbers, the last ignored (the final exit takes every
+            sample that reaches it). A value above 1, `inf` included, never exits.
+        num_exits: the model's number of exits K (>= 2).
+
+    Returns:
+        A tuple of K floats, the last `NEVER_EXIT`; values above 1 are stored as
+        `NEVER_EXIT` (a plain JSON number).
+
+    Example:
+    >>> resolve_thresholds(0.9, 3)
+    (0.9, 0.9, 2.0)
+    >>> resolve_thresholds([0.8, float("inf")], 3)
+    (0.8, 2.0, 2.0)
+    """
+    num_exits = int(num_exits)
+    if np.ndim(threshold) == 0:
+        values = [_check_threshold(threshold)] * (num_exits - 1)
+    else:
+        values = list(threshold)
+        if len(values) not in (num_exits - 1, num_exits):
+            raise ValueError(
+                f"threshold must be one number or one per exit ({num_exits}; the last is "
+                f"ignored, exit {num_exits} takes every sample that reaches it, or "
+                f"{num_exits - 1}), got {len(values)}."
+            )
+        values = [_check_threshold(v, f"threshold[{k}]") for k, v in enumerate(values)]
+        values = values[: num_exits - 1]
+    return tuple(min(v, NEVER_EXIT) for v in values) + (NEVER_EXIT,)
+
+
+def first_exit(fires):
+    """The exit decision: index of the first early exit that fires, else the final one.
+
+    Args:
+        fires: bool array `(K - 1, ...)`: whether early exit k is confident enough
+            for each sample (`should_exit`, or the int8 test of the runtimes).
+
+    Returns:
+        An int64 array `fires.shape[1:]` of 0-based exits in 0..K-1.
+
+    Example:
+    >>> first_exit(np.array([[False, True], [True, False]]))   # K = 3
+    array([1, 0])
+    """
+    fires = np.asarray(fires, bool)
+    fires = np.concatenate([fires, np.ones((1,) + fires.shape[1:], bool)], axis=0)
+    return np.argmax(fires, axis=0).astype(np.int64)
+
+
+def decide(probabilities, thresholds, criterion="max_probability"):
+    """The cascade's decisions from every exit's probabilities, without running it.
+
+    Sample i leaves at the first early exit k whose probabilities pass
+    `should_exit(p_k, thresholds[k], criterion)`, else at the final exit. Identical
+    to `Cascade.predict` on the same probabilities (the cascade just does not
+    compute the exits it never reaches).
+
+    Args:
+        probabilities: array `(K, n, num_classes)` (`metrics.exit_probabilities`).
+        thresholds: as `resolve_thresholds`.
+        criterion: `"max_probability"` or `"entropy"`.
+
+    Returns:
+        `(labels, exits)`: int arrays `(n,)`, exits 0-based.
+
+    Example:
+    >>> labels, exits = decide(metrics.exit_probabilities(model, x), 0.9)
+    """
+    probabilities = np.asarray(probabilities)
+    thresholds = resolve_thresholds(thresholds, len(probabilities))
+    conf = confidence(probabilities[:-1], criterion)
+    exits = first_exit(conf >= np.asarray(thresholds[:-1])[:, None])
+    labels = np.argmax(probabilities, axis=-1)[exits, np.arange(probabilities.shape[1])]
+    return labels.astype(np.int64), exits
+
+
+def oracle_exits(correct):
+    """The oracle's exit of every sample: its earliest correct exit, else the last.
+
+    Args:
+        correct: bool array `(K, n)`, whether exit k classifies sample i correctly.
+
+    Returns:
+        An int array `(n,)` of 0-based exits.
+
+    Example:
+    >>> oracle_exits(np.array([[0, 1], [1, 1], [0, 0], [0, 0], [1, 0]], bool))
+    array([1, 0])
+    """
+    return first_exit(np.asarray(correct, bool)[:-1])
+
+
+def exit_shares(exits, num_exits):
+    """Fraction of samples leaving at each of the `num_exits` exits (0-based `exits`)."""
+    exits = np.asarray(exits, np.int64)
+    return [float(v) for v in np.bincount(exits, minlength=num_exits) / max(1, len(exits))]
