@@ -1,5 +1,6 @@
 """keras-egt: Explanation-Guided Training of early-exit CNNs, and their deployment to MCUs."""
 
+from keras_egt import calibration
 from keras_egt import callbacks
 from keras_egt import cascade
 from keras_egt import costs
@@ -11,7 +12,8 @@ from keras_egt import losses
 from keras_egt import metrics
 from keras_egt import plots
 from keras_egt import tuning
-from keras_egt.cascade import Cascade, calibrate_thresholds
+from keras_egt.calibration import CalibratedThresholds, calibrate_thresholds
+from keras_egt.cascade import Cascade
 from keras_egt.evaluation import evaluate
 from keras_egt.layers import ConvBlock, ExitHead, SpatialAttention, spatial_softmax
 from keras_egt.losses import attention_consistency, consistency_loss, exit_consistencies
