@@ -474,7 +474,9 @@ def study(args):
             "model": args.model, "widths": list(model.widths),
             "consistency_weight": model.consistency_weight,
             "epochs": None if args.model else args.epochs,
-            "recipe": "EarlyExitCNN, Adam 1e-3, StepDecay(every=15, factor=0.5), batch 32",
+            "recipe": None if args.model else (
+                f"EarlyExitCNN, Adam 1e-3, StepDecay(every=15, factor=0.5), batch {args.batch_size}, "
+                f"seed {args.seed}, {args.epochs} epochs on radar_gestures.load_data()"),
             "num_users": int(len(ids)), "samples_per_user": args.samples_per_user,
             "num_samples": int(len(y)), "splits": args.splits, "epsilons": args.epsilons,
             "confidence": args.confidence, "seed": args.seed,
