@@ -93,10 +93,10 @@ def _binomial_cdf(k, n, p):
         return 1.0
     if p >= 1.0:
         return 0.0
-    i = np.arange(int(k) + 1, dtype=np.float64)
-    log_pmf = (math.lgamma(n + 1) - np.array([math.lgamma(v + 1) for v in i])
-               - np.array([math.lgamma(n - v + 1) for v in i])
-               + i * math.log(p) + (n - i) * math.log1p(-p))
+    i = np.arange(int(k), dtype=np.float64)
+    # log pmf(j + 1) - log pmf(j) = log((n - j) / (j + 1)) + log(p / (1 - p)), vectorised.
+    steps = np.log((n - i) / (i + 1)) + (math.log(p) - math.log1p(-p))
+    log_pmf = n * math.log1p(-p) + np.concatenate([[0.0], np.cumsum(steps)])
     top = log_pmf.max()
     return float(min(1.0, math.exp(top) * np.exp(log_pmf - top).sum()))
 
@@ -199,7 +199,7 @@ def _samples_needed(risk, epsilon, delta):
     n = 1
     while hoeffding_bentkus_pvalue(risk, n, epsilon) > delta:
         n *= 2
-        if n > 1 << 40:
+        if n > 1 << 30:  # a billion units: no practical amount
             return None
     lo, hi = n // 2, n
     while hi - lo > 1:
@@ -617,11 +617,15 @@ def calibrate_thresholds(model, x, y=None, max_accuracy_drop=0.005, *, confidenc
         first = walked[0]["risk"] if walked else 0.0
         samples_needed = _samples_needed(first, epsilon, delta)
         unit = "groups" if groups is not None else "samples"
-        if samples_needed is None:
-            why = (f"the most conservative early-exit setting already shows a risk of "
-                   f"{first:.4f} >= epsilon = {epsilon:g} on these {units} {unit}, so no "
-                   f"amount of data certifies it; raise the allowed risk or improve the "
-                   f"early exits")
+        if samples_needed is None and epsilon == 0:
+            why = ("epsilon = 0 cannot be certified from any amount of data (no amount of "
+                   "data rules out a tiny risk); allow a risk above 0")
+        elif samples_needed is None:
+            why = (f"the most conservative early-exit setting shows a risk of {first:.4f} "
+                   f"on these {units} {unit}, "
+                   + ("at or above" if first >= epsilon else "so close to")
+                   + f" epsilon = {epsilon:g} that no practical amount of data certifies it; "
+                   "raise the allowed risk or improve the early exits")
         else:
             why = (f"certifying even the most conservative early-exit setting at "
                    f"epsilon = {epsilon:g}, confidence {delta_conf:g} needs about "

@@ -216,6 +216,11 @@ def test_epsilon_zero_is_never_certified():
     with pytest.warns(UserWarning, match="no amount of data"):
         cal = calibrate_thresholds(None, None, y, 0.0, probabilities=p)
     assert not cal.certified and cal.samples_needed is None
+    # An exit 1 that is sure and always wrong: the first setting already fails at eps.
+    p[0] = np.eye(2)[1 - y]
+    with pytest.warns(UserWarning, match="at or above epsilon = 0.1"):
+        cal = calibrate_thresholds(None, None, y, 0.1, probabilities=p)
+    assert not cal.certified and cal.samples_needed is None and cal.path[0]["risk"] == 1.0
 
 
 # --- bad input ---------------------------------------------------------------------
