@@ -25,6 +25,7 @@ BENCHMARKS = [
     ("benchmarks/train_step.py", ["--all-backends"], ["--all-backends", "--quick"]),
     ("benchmarks/datasets.py", ["--epochs", "25", "--egt"], ["--quick"]),
     ("benchmarks/cascade.py", [], ["--quick"]),
+    ("benchmarks/cascade.py", ["--study", "--widths", "micro", "--epochs", "25"], ["--study", "--quick"]),
     ("benchmarks/deploy.py", [], ["--quick"]),
     ("benchmarks/firmware.py", [], ["--quick"]),
     ("benchmarks/split_overhead.py", [], ["--samples", "10", "--epochs", "0", "--output",
@@ -261,11 +262,56 @@ def _section_targets(lines):
             rows.append(("micro preset on a Cortex-M4F: int8 flash ≤ 256 KiB, TFLM arena ≤ 64 KiB",
                          f"{ptq['flash_total_bytes'] / 1024:.1f} KiB, {ptq['arena_max_bytes'] / 1024:.1f} KiB",
                          _met(ptq["fits_mcu_budget"])))
+    _calibration_targets(rows)
     if not rows:
         return
     lines += ["## Targets at a glance", "", "| target | measured | verdict |", "|---|---|---|"]
     lines += [f"| {t} | {m} | {v} |" for t, m, v in rows]
     lines.append("")
+
+
+def _section_calibration(lines):
+    """benchmarks/cascade.py --study: do calibrated promises hold on new users?"""
+    data = _load("calibration")
+    if not data:
+        return
+    settings = data["settings"]
+    lines += [
+        "## Calibration on new users: old vs risk-controlled (benchmarks/cascade.py --study)",
+        "",
+        f"{settings['splits']} random splits of {settings['num_users']} held-out users "
+        f"({settings['samples_per_user']} samples each, in neither the training nor the test set) "
+        f"into a calibration and an evaluation half; confidence {settings['confidence']:g}. "
+        f"{data['seconds'] / 60:.0f} min in all.",
+        "",
+        data["markdown"],
+        "",
+        "Every figure, every split's thresholds and the machine: `benchmarks/results/calibration.json`.",
+        "",
+    ]
+
+
+def _calibration_targets(rows):
+    """Target rows of the calibration study: share of splits over ε, MAC speedup at 1 point."""
+    data = _load("calibration")
+    if not data:
+        return
+    delta = 1 - data["settings"]["confidence"]
+    name = "new (Learn then Test, groups = users)"
+    widths = tuple(data["settings"]["widths"])
+    for eps, results in data["summary"].items():
+        new, old = results[name], results["old (empirical, per-exit)"]
+        rows.append((
+            f"Calibrated drop ≤ {100 * float(eps):g} point on new users in ≥ {100 * (1 - delta):.0f}% "
+            f"of {data['settings']['splits']} user splits (widths {widths})",
+            f"new: over ε in {100 * new['share_drop_above_eps']:.0f}% of splits, "
+            f"{new['mac_speedup_mean']:.2f}x MACs (n = {new['n']} users); old: over ε in "
+            f"{100 * old['share_drop_above_eps']:.0f}%, {old['mac_speedup_mean']:.2f}x",
+            _met(new["share_drop_above_eps"] <= delta),
+        ))
+        if float(eps) == 0.01:
+            rows.append((f"Calibrated, 1-point promise: ≥ 2.5x MACs (widths {widths})",
+                         f"{new['mac_speedup_mean']:.2f}x", _met(new["mac_speedup_mean"] >= 2.5)))
 
 
 def _section_datasets(lines):
@@ -391,6 +437,7 @@ def write_report(path=os.path.join(HERE, "RESULTS.md")):
     for name, label in REPRODUCTIONS:
         _section_reproduction(lines, name, f"Paper reproduction, {label}")
     _section_generic(lines, "cascade", "Cascade speedup vs the oracle bound (benchmarks/cascade.py)")
+    _section_calibration(lines)
     _section_generic(lines, "deploy", "Deployment: int8 split cascade on LiteRT and TFLM (benchmarks/deploy.py)")
     _section_firmware(lines)
     _section_compiled_cascade(lines)

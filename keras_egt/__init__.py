@@ -11,14 +11,15 @@ import sys
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("atomic", "callbacks", "cascade", "cnn", "compiled_cascade", "costs", "datasets",
+_SUBMODULES = ("atomic", "calibration", "callbacks", "cascade", "cnn", "compiled_cascade", "costs", "datasets",
                "evaluation", "export", "layers", "losses", "metrics", "model", "plots", "recipe",
                "stages", "tuning")
 
 # Public name -> the module that defines it.
 _NAMES = {
     "Cascade": "cascade",
-    "calibrate_thresholds": "cascade",
+    "calibrate_thresholds": "calibration",
+    "CalibratedThresholds": "calibration",
     "evaluate": "evaluation",
     "ConvBlock": "layers",
     "ExitHead": "layers",

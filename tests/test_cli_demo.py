@@ -10,6 +10,8 @@ def test_demo_rejects_bad_options(capsys):
     assert main(["demo", "--widths", "1,2"]) == 2
     assert "--widths" in capsys.readouterr().err
     assert main(["demo", "--lambda", "0"]) == 2
+    assert main(["demo", "--calibration-users", "1"]) == 2
+    assert "--calibration-users" in capsys.readouterr().err
 
 
 @pytest.mark.tensorflow_only
@@ -19,11 +21,13 @@ def test_demo_end_to_end_on_tiny_settings(tmp_path, monkeypatch):
     out = tmp_path / "demo"
     code = main([
         "demo", "--output", str(out), "--epochs", "1", "--num-train", "90", "--num-test", "45",
-        "--widths", "4,8,8,8,8",
+        "--widths", "4,8,8,8,8", "--calibration-users", "4",
     ])
     assert code == 0
     report = (out / "report.md").read_text()
     assert "Table I" in report and "Table II" in report and "int8 TFLM cascade" in report
+    # 4 held-out users cannot certify a 1-point promise: said so, never exits early.
+    assert "NOT certified" in report and "held-out users" in report
     for name in ["attention_egt", "attention_baseline", "consistency", "exits", "speedup"]:
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"({name}.png)" in report

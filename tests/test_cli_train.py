@@ -54,6 +54,30 @@ def test_evaluate_prints_tables_and_writes_json(trained, capsys):
     assert data["timing"]["samples"] == 2
 
 
+@pytest.mark.parametrize("labelled", [True, False])
+def test_evaluate_calibrates_on_held_out_data(trained, capsys, labelled):
+    folder, data, model = trained
+    x_cal, y_cal = blob_task(n=40, size=32, seed=2)
+    arrays = {"x": x_cal, "groups": np.arange(40) % 10}
+    if labelled:
+        arrays["y"] = y_cal
+    cal = folder / f"cal_{labelled}.npz"
+    np.savez(cal, **arrays)
+    report = folder / f"calibrated_{labelled}.json"
+    code = cli.main(["evaluate", str(model), "--data", str(data), "--calibrate", "0.5",
+                     "--confidence", "0.8", "--calibration-data", str(cal), "--no-timing",
+                     "--json", str(report)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "Calibrated on 40 samples of" in out and "(10 groups)" in out
+    assert "Measured on the test split:" in out and "-point drop" in out
+    written = json.loads(report.read_text())
+    calibration = written["calibration"]
+    assert calibration["n"] == 10 and calibration["groups"] == 10
+    assert calibration["risk"] == ("accuracy_drop" if labelled else "disagreement")
+    assert written["thresholds"] == calibration["thresholds"]
+
+
 def test_explain_writes_a_png(trained):
     folder, data, model = trained
     out = folder / "attention.png"
@@ -86,6 +110,9 @@ def test_module_entry_point_in_a_subprocess(trained):
         (["train", "--data", "{data}", "--widths", "4,8", "--output", "{folder}/m.keras"],
          "--widths"),
         (["evaluate", "{model}", "--data", "{data}", "--threshold", "0.9", "0.8"], "1, 4 or 5"),
+        (["evaluate", "{model}", "--data", "{data}", "--calibrate", "0.01"], "--calibration-data"),
+        (["evaluate", "{model}", "--data", "{data}", "--calibrate", "1.5",
+          "--calibration-data", "{data}"], "no array 'x'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(trained, capsys, argv, message):

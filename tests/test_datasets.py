@@ -165,6 +165,42 @@ def test_test_set_independent_of_num_train():
     np.testing.assert_array_equal(y1, y2)
 
 
+def test_user_ids_come_with_the_same_arrays():
+    plain = rg.load_data(num_train=12, num_test=6, num_train_users=4, num_test_users=3)
+    (x, y, users), (x_t, y_t, users_t) = rg.load_data(
+        num_train=12, num_test=6, num_train_users=4, num_test_users=3, return_users=True)
+    np.testing.assert_array_equal(x, plain[0][0])
+    np.testing.assert_array_equal(y_t, plain[1][1])
+    assert users.dtype == np.int32 and users.shape == (12,) and users_t.shape == (6,)
+    assert set(users) <= set(range(4)) and set(users_t) <= set(range(3))
+    # The ids are the users that simulated each sample: re-simulating one sample from
+    # its user dict reproduces it.
+    people = rg._users(0, "train", 4)
+    levels = rg.simulate(y[:1], [people[users[0]]], seed=0, split="train")
+    np.testing.assert_array_equal(levels.astype(np.float32) / 255, x[:1])
+
+
+def test_calibration_users_are_fresh_and_balanced(keras_home):
+    x, y, users = rg.load_calibration_data(num_users=3, samples_per_user=9)
+    assert x.shape == (27, 64, 64, 2) and y.dtype == np.int32
+    np.testing.assert_array_equal(users, np.repeat(np.arange(3), 9))
+    for u in range(3):  # every user performs each gesture once
+        assert sorted(y[users == u]) == list(range(9))
+    # More users only add samples; the cache returns the same arrays.
+    more = rg.load_calibration_data(num_users=4, samples_per_user=9, cache=False)
+    np.testing.assert_array_equal(more[0][:27], x)
+    again = rg.load_calibration_data(num_users=3, samples_per_user=9)
+    np.testing.assert_array_equal(again[0], x)
+    assert list((keras_home / "datasets" / "keras_egt").glob("radar_calibration-*.npz"))
+    # Other people than the training and test users.
+    for split in ("train", "test"):
+        assert rg._users(0, "calibration", 1)[0] != rg._users(0, split, 1)[0]
+    with pytest.raises(ValueError, match="num_users"):
+        rg.load_calibration_data(num_users=0)
+    with pytest.raises(ValueError, match="samples_per_user"):
+        rg.load_calibration_data(samples_per_user=1.5)
+
+
 def _cache_files(home):
     folder = home / "datasets" / "keras_egt"
     return sorted(folder.glob("radar_gestures-*.npz")) if folder.exists() else []

@@ -12,6 +12,7 @@ _SUBSTITUTIONS = [
     (r"load_data\(\)", "load_data(num_train=120, num_test=60)"),
     (r'widths="paper"', "widths=(4, 8, 8, 8, 8)"),
     (r"epochs=50", "epochs=1"),
+    (r"num_users=500", "num_users=4"),
 ]
 
 

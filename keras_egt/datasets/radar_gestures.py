@@ -94,7 +94,9 @@ Every user has a hand size, a speed, a preferred distance and direction, a gestu
 amplitude and habits (circle start point and tilt, elbow radius). Each sample draws
 its speed, start time, distance, direction, amplitude, SNR and clutter around those,
 and a small share are sloppy (half-done, skewed, hesitant or drifting). Training and
-test users are disjoint, as in real cross-user evaluations.
+test users are disjoint, as in real cross-user evaluations (`load_data(...,
+return_users=True)` returns each sample's user), and `load_calibration_data` draws
+further users seen in neither split, to calibrate the cascade on.
 
 Determinism: every sample has its own `numpy.random.Generator`, seeded from
 (seed, split, index), and users from (seed, split, user), so the arrays do not
@@ -136,7 +138,7 @@ MAP_BINS = 64
 DYNAMIC_RANGE_DB = 40.0
 SPEED_OF_LIGHT = 299_792_458.0
 
-_SPLIT_CODES = {"train": 0, "test": 1}
+_SPLIT_CODES = {"train": 0, "test": 1, "calibration": 2}
 _NUM_FINGERS = 4
 # palm, fingers, forearm, body, leakage, 2 static objects
 _NUM_SCATTERERS = 1 + _NUM_FINGERS + 1 + 1 + 1 + 2
@@ -744,7 +746,7 @@ def simulate(labels, users, seed=0, split="train", snr_db=(5.0, 25.0), sloppy_fr
         labels: int array of class indices (see `CLASS_NAMES`).
         users: one user dict (from the split's user list) per label.
         seed: base seed; sample i draws from `default_rng([seed, 11, split, i])`.
-        split: "train" or "test" (part of each sample's seed).
+        split: "train", "test" or "calibration" (part of each sample's seed).
         snr_db: (low, high) range of the per-sample SNR in dB.
         sloppy_fraction: share of sloppy executions.
         channels: names from `CHANNELS`.
@@ -772,12 +774,17 @@ def simulate(labels, users, seed=0, split="train", snr_db=(5.0, 25.0), sloppy_fr
     return out
 
 
-def _split(seed, split, num_samples, num_users, **kwargs):
-    code = _SPLIT_CODES[split]
-    rng = np.random.default_rng([seed, 13, code])
+def _assignment(seed, split, num_samples, num_users):
+    """Each sample's label and user id in a split (cheap: no simulation)."""
+    rng = np.random.default_rng([seed, 13, _SPLIT_CODES[split]])
     labels = np.arange(num_samples) % NUM_CLASSES  # balanced
     rng.shuffle(labels)
     user_ids = rng.integers(0, num_users, size=num_samples)
+    return labels, user_ids
+
+
+def _split(seed, split, num_samples, num_users, **kwargs):
+    labels, user_ids = _assignment(seed, split, num_samples, num_users)
     users = _users(seed, split, num_users)
     levels = simulate(labels, [users[u] for u in user_ids], seed=seed, split=split, **kwargs)
     return levels, labels.astype(np.int32)
@@ -820,11 +827,11 @@ def _checksum(arrays):
 _ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
-def _read_cache(path, key):
+def _read_cache(path, key, names=_ARRAY_KEYS):
     """The cached arrays, or None with a warning if the file is damaged."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in _ARRAY_KEYS}
+            arrays = {name: data[name] for name in names}
             stored_sum = str(data["sha256"])
             stored_key = str(data["key"])
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
@@ -905,7 +912,7 @@ def _check_args(num_train, num_test, seed, snr_db, num_train_users, num_test_use
 
 def load_data(num_train=1363, num_test=1364, seed=0, snr_db=(5.0, 25.0), num_train_users=16,
               num_test_users=8, sloppy_fraction=0.05, channels=("doppler", "angle"),
-              config=None, cache=True):
+              config=None, cache=True, return_users=False):
     """Loads the simulated 60 GHz radar gesture set (generated once, then cached).
 
     The defaults mirror the paper's data: 9 classes, 1,363 training and 1,364 test
@@ -926,11 +933,15 @@ def load_data(num_train=1363, num_test=1364, seed=0, snr_db=(5.0, 25.0), num_tra
             (azimuth-time and elevation-time, 32 bins each), "range" (range-time).
         config: a `RadarConfig`; default the BGT60TR13C-like one.
         cache: read and write the cache under `$KERAS_HOME/datasets/keras_egt`.
+        return_users: also return each sample's user id (see Returns).
 
     Returns:
         `(x_train, y_train), (x_test, y_test)`: x float32 in [0, 1] of shape
         `(n, num_frames, 64, len(channels))` (default `(n, 64, 64, 2)`), y int32
-        class indices in `0..8`.
+        class indices in `0..8`. With `return_users=True`,
+        `(x_train, y_train, users_train), (x_test, y_test, users_test)`: int32 user
+        ids, `0..num_train_users - 1` and `0..num_test_users - 1`; the two splits'
+        users are different people even where their ids coincide.
 
     Example:
     >>> (x_train, y_train), (x_test, y_test) = load_data()
@@ -967,5 +978,74 @@ def load_data(num_train=1363, num_test=1364, seed=0, snr_db=(5.0, 25.0), num_tra
         arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
         if cache:
             _write_cache(path, key, arrays)
-    return ((_to_float(arrays["x_train"]), arrays["y_train"]),
-            (_to_float(arrays["x_test"]), arrays["y_test"]))
+    train = (_to_float(arrays["x_train"]), arrays["y_train"])
+    test = (_to_float(arrays["x_test"]), arrays["y_test"])
+    if return_users:
+        # Re-derived from the split's seed (the cache stays as it was).
+        train += (_assignment(seed, "train", num_train, num_train_users)[1].astype(np.int32),)
+        test += (_assignment(seed, "test", num_test, num_test_users)[1].astype(np.int32),)
+    return train, test
+
+
+def load_calibration_data(num_users=100, samples_per_user=9, seed=0, snr_db=(5.0, 25.0),
+                          sloppy_fraction=0.05, channels=("doppler", "angle"), config=None,
+                          cache=True):
+    """Samples of fresh users, in neither `load_data`'s training nor its test split.
+
+    For calibrating the cascade's thresholds (`egt.calibrate_thresholds(...,
+    groups=users)`) on users the model has never seen, as a deployment meets them,
+    without touching the test set. Users are drawn like `load_data`'s (same
+    population, same `snr_db` and `sloppy_fraction`) from seeds of their own; each
+    performs `samples_per_user` gestures, the classes balanced within the user.
+    User u's samples do not depend on `num_users`, so more users only add samples.
+
+    Args:
+        num_users: number of users.
+        samples_per_user: gestures per user.
+        seed: non-negative integer, as `load_data`'s (same seed: same population
+            parameters, still other people).
+        snr_db, sloppy_fraction, channels, config, cache: as `load_data`.
+
+    Returns:
+        `(x, y, users)`: x float32 `(num_users * samples_per_user, frames, 64,
+        len(channels))`, y int32 labels, users int32 ids `0..num_users - 1`
+        (sample i belongs to user `i // samples_per_user`).
+
+    Example:
+    >>> x_cal, y_cal, users = load_calibration_data(num_users=200)
+    >>> cal = egt.calibrate_thresholds(model, x_cal, y_cal, 0.01, groups=users)
+    """
+    num_users = _check_count("num_users", num_users)
+    samples_per_user = _check_count("samples_per_user", samples_per_user)
+    (_, _, seed, snr_db, _, _, sloppy_fraction, channels, config) = _check_args(
+        1, 1, seed, snr_db, 1, 1, sloppy_fraction, channels, config)
+    params = {
+        "format_version": FORMAT_VERSION, "kind": "calibration", "num_users": num_users,
+        "samples_per_user": samples_per_user, "seed": seed, "snr_db": list(snr_db),
+        "sloppy_fraction": sloppy_fraction, "channels": list(channels),
+        "config": dataclasses.asdict(config),
+    }
+    key = json.dumps(params, sort_keys=True)
+    path = os.path.join(
+        cache_dir(), f"radar_calibration-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
+    )
+    names = ("x", "y", "users")
+    arrays = None
+    if cache and os.path.exists(path):
+        arrays = _read_cache(path, key, names)
+    if arrays is None:
+        users = np.repeat(np.arange(num_users), samples_per_user)
+        labels = np.empty(len(users), np.int64)
+        for u in range(num_users):
+            rng = np.random.default_rng([seed, 13, _SPLIT_CODES["calibration"], u])
+            own = (np.arange(samples_per_user) + rng.integers(NUM_CLASSES)) % NUM_CLASSES
+            rng.shuffle(own)
+            labels[u * samples_per_user:(u + 1) * samples_per_user] = own
+        people = _users(seed, "calibration", num_users)
+        x = simulate(labels, [people[u] for u in users], seed=seed, split="calibration",
+                     snr_db=snr_db, sloppy_fraction=sloppy_fraction, channels=channels,
+                     config=config)
+        arrays = {"x": x, "y": labels.astype(np.int32), "users": users.astype(np.int32)}
+        if cache:
+            _write_cache(path, key, arrays)
+    return _to_float(arrays["x"]), arrays["y"], arrays["users"]
