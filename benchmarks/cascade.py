@@ -59,10 +59,6 @@ PAPER = {"wall_clock_speedup": 1.97, "accuracy_with_early_exit": 97.8,
 TARGETS = {"mac_speedup": 2.5, "max_accuracy_drop_points": 0.5, "max_mac_ratio_to_oracle": 1.3}
 
 
-def _widths(text):
-    return text if text in ("paper", "micro") else tuple(int(w) for w in text.split(","))
-
-
 def _summary(report, test_final_accuracy):
     timing = report.timing or {}
     return {
@@ -100,11 +96,10 @@ def run(args):
     else:
         keras.utils.set_random_seed(args.seed)
         model = egt.EarlyExitCNN(radar_gestures.NUM_CLASSES, x_train.shape[1:],
-                                 widths=_widths(args.widths), consistency_weight=args.lam)
-        model.compile(keras.optimizers.Adam(1e-3), metrics=["accuracy"])
+                                 widths=args.widths, consistency_weight=args.lam)
         start = time.time()
-        model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                  verbose=args.verbose, callbacks=[egt.callbacks.StepDecay(15, 0.5)])
+        egt.recipe.fit(model, x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
+                       verbose=args.verbose)
         train_seconds = time.time() - start
         if args.save_model:
             from keras_egt.cli.train import save_model
@@ -338,11 +333,10 @@ def study(args):
                                                           num_test=args.num_test)
         keras.utils.set_random_seed(args.seed)
         model = egt.EarlyExitCNN(radar_gestures.NUM_CLASSES, x_train.shape[1:],
-                                 widths=_widths(args.widths), consistency_weight=args.lam)
-        model.compile(keras.optimizers.Adam(1e-3), metrics=["accuracy"])
+                                 widths=args.widths, consistency_weight=args.lam)
         t = time.time()
-        model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                  verbose=args.verbose, callbacks=[egt.callbacks.StepDecay(15, 0.5)])
+        egt.recipe.fit(model, x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
+                       verbose=args.verbose)
         train_seconds = time.time() - t
     x, y, users = radar_gestures.load_calibration_data(num_users=args.num_users,
                                                        samples_per_user=args.samples_per_user)

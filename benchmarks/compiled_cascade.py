@@ -124,10 +124,8 @@ def main(argv=None):
     (x_train, y_train), (x_test, y_test) = radar_gestures.load_data()
     keras.utils.set_random_seed(0)
     model = egt.EarlyExitCNN(9, x_train.shape[1:], widths=args.widths)
-    model.compile(keras.optimizers.Adam(1e-3), metrics=["accuracy"])
     start = time.time()
-    model.fit(x_train, y_train, epochs=args.epochs, batch_size=32, verbose=2,
-              callbacks=[egt.callbacks.StepDecay(every=15, factor=0.5)])
+    egt.recipe.fit(model, x_train, y_train, epochs=args.epochs, verbose=2)
     result = {"backend": keras.backend.backend(), "widths": list(model.widths),
               "epochs": args.epochs, "train_seconds": time.time() - start,
               "final_exit_accuracy": float(

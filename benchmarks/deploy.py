@@ -50,10 +50,8 @@ def _train(preset, x_train, y_train, epochs, seed, lam):
 
     keras.utils.set_random_seed(seed)
     model = egt.EarlyExitCNN(9, x_train.shape[1:], widths=preset, consistency_weight=lam)
-    model.compile(keras.optimizers.Adam(1e-3), metrics=["accuracy"])
     start = time.time()
-    model.fit(x_train, y_train, epochs=epochs, batch_size=32, verbose=2,
-              callbacks=[egt.callbacks.StepDecay(every=15, factor=0.5)])
+    egt.recipe.fit(model, x_train, y_train, epochs=epochs, verbose=2)
     return model, time.time() - start
 
 

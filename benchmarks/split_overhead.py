@@ -167,9 +167,8 @@ def main(argv=None):
     (x_train, y_train), (x_test, _) = radar_gestures.load_data()
     keras.utils.set_random_seed(0)
     model = egt.EarlyExitCNN(9, x_train.shape[1:], widths=args.widths)
-    model.compile(keras.optimizers.Adam(1e-3), metrics=["accuracy"])
     if args.epochs:
-        model.fit(x_train, y_train, epochs=args.epochs, batch_size=32, verbose=2)
+        egt.recipe.fit(model, x_train, y_train, epochs=args.epochs, verbose=2)
     calibration = x_train[:: max(1, len(x_train) // args.num_calibration)][: args.num_calibration]
     with tempfile.TemporaryDirectory(prefix="keras_egt_split_") as work:
         result = measure(model, calibration, x_test[: args.samples], work)

@@ -84,11 +84,9 @@ def run(args):
             num_classes=radar_gestures.NUM_CLASSES, input_shape=x_train.shape[1:],
             widths=settings["widths"], consistency_weight=lam,
         )
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"])
-        history = model.fit(
-            x_fit, y_fit, validation_data=(x_val, y_val), epochs=settings["epochs"],
-            batch_size=args.batch_size, verbose=1,
-            callbacks=[egt.callbacks.StepDecay(every=settings["step_every"], factor=0.5)],
+        history = egt.recipe.fit(
+            model, x_fit, y_fit, validation_data=(x_val, y_val), epochs=settings["epochs"],
+            batch_size=args.batch_size, decay_every=settings["step_every"], verbose=1,
         )
         model.save(os.path.join(out, "baseline.keras" if lam == 0 else "egt.keras"))
         models[name], histories[name] = model, history.history
