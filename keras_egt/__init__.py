@@ -5,6 +5,7 @@ from keras_egt import cascade
 from keras_egt import costs
 from keras_egt import datasets
 from keras_egt import evaluation
+from keras_egt import explanations
 from keras_egt import export
 from keras_egt import layers
 from keras_egt import losses
@@ -13,8 +14,10 @@ from keras_egt import plots
 from keras_egt import tuning
 from keras_egt.cascade import Cascade, calibrate_thresholds
 from keras_egt.evaluation import evaluate
+from keras_egt.explanations import ExplanationQuality, explanation_quality
 from keras_egt.layers import ConvBlock, ExitHead, SpatialAttention, spatial_softmax
-from keras_egt.losses import attention_consistency, consistency_loss, exit_consistencies
+from keras_egt.losses import attention_consistency, consistency_loss, consistency_terms
+from keras_egt.losses import exit_consistencies, weighted_consistency
 from keras_egt.model import WIDTH_PRESETS, EarlyExitCNN
 
 __version__ = "0.1.0"

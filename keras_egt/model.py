@@ -1,14 +1,13 @@
 """The early-exit CNN trained with Explanation-Guided Training."""
 
-import math
-
 import keras
 import numpy as np
 from keras import ops
 
 from keras_egt import layers as egt_layers
 from keras_egt.checks import check_inputs, check_labels
-from keras_egt.losses import exit_consistencies
+from keras_egt.losses import check_consistency_options, consistency_terms, exit_consistencies
+from keras_egt.losses import weighted_consistency
 
 WIDTH_PRESETS = {
     # The paper's backbone.
@@ -70,7 +69,13 @@ class EarlyExitCNN(keras.Model):
         num_classes: number of classes.
         input_shape: `(height, width, channels)`, height and width >= 32.
         widths: `"paper"` (64, 128, 256, 512, 512), `"micro"` or 5 ints.
-        consistency_weight: λ >= 0.
+        consistency_weight: λ >= 0, or a list of one λ per early exit (4).
+        consistency_target: `"final"` (exit k vs exit 5, the paper's EGT) or
+            `"next"` (exit k vs exit k+1, hierarchical).
+        consistency_loss: `"cosine"` (EGT) or `"attention_transfer"` (Zagoruyko &
+            Komodakis 2017); see `keras_egt.losses.consistency_terms`. The tracked
+            metrics (`consistency`, `exit_k_consistency`) always mean the cosine of
+            exit k with exit 5 (the paper's Table I), whatever the variant trained.
         exit_weights: 5 per-exit classification-loss weights (default 1 each),
             used as `loss_weights` unless `compile` is given its own.
         stop_gradient_target: whether the final map is a fixed target of the
@@ -97,6 +102,8 @@ class EarlyExitCNN(keras.Model):
         stop_gradient_target=True,
         batch_norm_momentum=egt_layers.BATCH_NORM_MOMENTUM,
         attention_hidden_channels=None,
+        consistency_target="final",
+        consistency_loss="cosine",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -113,11 +120,9 @@ class EarlyExitCNN(keras.Model):
                 f"{MIN_SPATIAL_SIZE} (four 2x2 poolings) and channels >= 1. Resize or "
                 "pad the inputs."
             )
-        consistency_weight = float(consistency_weight)
-        if not math.isfinite(consistency_weight) or consistency_weight < 0:
-            raise ValueError(
-                f"consistency_weight (λ) must be a finite number >= 0, got {consistency_weight}."
-            )
+        consistency_target, consistency_loss, consistency_weight = check_consistency_options(
+            consistency_target, consistency_loss, consistency_weight, NUM_EXITS - 1
+        )
         exit_weights = (1.0,) * NUM_EXITS if exit_weights is None else tuple(
             float(w) for w in exit_weights
         )
@@ -129,6 +134,8 @@ class EarlyExitCNN(keras.Model):
         self.widths = resolve_widths(widths)
         self._widths_arg = widths if isinstance(widths, str) else self.widths
         self.consistency_weight = consistency_weight
+        self.consistency_target = consistency_target
+        self.consistency_loss = consistency_loss
         self.exit_weights = exit_weights
         self.stop_gradient_target = bool(stop_gradient_target)
         self.batch_norm_momentum = float(batch_norm_momentum)
@@ -195,9 +202,13 @@ class EarlyExitCNN(keras.Model):
     def call(self, inputs, training=None):
         logits, maps = self._forward(inputs, training=training)
         per_exit = exit_consistencies(maps, self.stop_gradient_target)
-        if self.consistency_weight > 0:
-            loss = 1.0 - sum(per_exit) / len(per_exit)
-            self.add_loss(self.consistency_weight * loss)
+        penalty = weighted_consistency(
+            consistency_terms(maps, self.consistency_target, self.consistency_loss,
+                              self.stop_gradient_target),
+            self.consistency_weight,
+        )
+        if penalty is not None:
+            self.add_loss(penalty)
         # Keras 3 has no add_metric: the values are read back by compute_loss
         # within the same traced step, on every backend.
         self._consistency = [ops.stop_gradient(c) for c in per_exit]
@@ -318,6 +329,8 @@ class EarlyExitCNN(keras.Model):
             stop_gradient_target=self.stop_gradient_target,
             batch_norm_momentum=self.batch_norm_momentum,
             attention_hidden_channels=self.attention_hidden_channels,
+            consistency_target=self.consistency_target,
+            consistency_loss=self.consistency_loss,
         )
         return config
 

@@ -65,3 +65,103 @@ def test_consistency_loss_matches_numpy_formula():
 def test_needs_two_maps():
     with pytest.raises(ValueError, match="at least 2"):
         losses.consistency_loss([np.ones((1, 4, 4, 1), "float32")])
+
+
+# --- variants: hierarchical target, per-exit λ, Attention Transfer -------------------
+
+VARIANTS = [(t, l) for t in ("final", "next") for l in ("cosine", "attention_transfer")]
+
+
+def _map_gradients(fn, maps):
+    """Gradients of the scalar `fn(*maps)` w.r.t. every map, by the backend's autodiff."""
+    from conftest import BACKEND
+
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        tensors = [tf.constant(m) for m in maps]
+        with tf.GradientTape() as tape:
+            tape.watch(tensors)
+            value = fn(*tensors)
+        return [_np(g) for g in tape.gradient(value, tensors)]
+    if BACKEND == "torch":
+        import torch
+
+        tensors = [torch.tensor(m, requires_grad=True) for m in maps]
+        grads = torch.autograd.grad(fn(*tensors), tensors, allow_unused=True)
+        return [np.zeros(m.shape) if g is None else _np(g) for g, m in zip(grads, maps)]
+    import jax
+
+    return [np.asarray(g) for g in jax.grad(lambda *t: fn(*t), argnums=tuple(range(len(maps))))(*maps)]
+
+
+@pytest.mark.parametrize("target,loss", VARIANTS)
+def test_variant_terms_match_numpy(target, loss):
+    rng = np.random.default_rng(2)
+    maps = _maps(rng, [16, 8, 4, 4], batch=4)
+    got = [float(_np(t)) for t in losses.consistency_terms(maps, target=target, loss=loss)]
+    np.testing.assert_allclose(got, ref.consistency_variant_terms(maps, target, loss), atol=1e-5)
+
+
+@pytest.mark.parametrize("target,loss", VARIANTS)
+def test_variant_gradients_match_numpy(target, loss):
+    # Per-exit λ, targets held constant: term k moves exit k's map only, towards the
+    # final map ("final") or exit k+1's ("next"); the last map gets no gradient.
+    rng = np.random.default_rng(3)
+    maps = _maps(rng, [8, 8, 4, 4], batch=3)
+    weights = [0.1, 0.5, 0.9]
+
+    def penalty(*tensors):
+        terms = losses.consistency_terms(list(tensors), target=target, loss=loss)
+        return losses.weighted_consistency(terms, weights)
+
+    got = _map_gradients(penalty, maps)
+    expected = ref.consistency_variant_gradients(maps, weights, target, loss)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=2e-3, atol=1e-6)
+    assert np.abs(got[-1]).max() == 0.0
+
+
+def test_hierarchical_target_differs_from_final():
+    rng = np.random.default_rng(4)
+    maps = _maps(rng, [8, 8, 4, 4], batch=3)
+    final = [float(_np(t)) for t in losses.consistency_terms(maps, target="final")]
+    nxt = [float(_np(t)) for t in losses.consistency_terms(maps, target="next")]
+    assert final[-1] == pytest.approx(nxt[-1], abs=1e-6)  # the last early exit's next is the final
+    assert abs(final[0] - nxt[0]) > 1e-3
+
+
+def test_attention_transfer_is_the_distance_of_the_normalised_maps():
+    # ||u - v||_2 = sqrt(2 - 2 cos) for unit vectors: the documented identity.
+    rng = np.random.default_rng(5)
+    maps = _maps(rng, [4, 4], batch=1)
+    at = float(_np(losses.consistency_terms(maps, loss="attention_transfer")[0]))
+    cos = float(ref.cosine(maps[0], maps[1])[0])
+    assert at == pytest.approx(np.sqrt(2 - 2 * cos), abs=1e-5)
+
+
+def test_lambda_zero_adds_nothing_and_a_single_lambda_is_its_list():
+    rng = np.random.default_rng(6)
+    maps = _maps(rng, [8, 8, 4, 4], batch=3)
+    terms = losses.consistency_terms(maps)
+    assert losses.weighted_consistency(terms, 0.0) is None
+    assert losses.weighted_consistency(terms, [0.0, 0.0, 0.0]) is None
+    single = float(_np(losses.weighted_consistency(terms, 0.3)))
+    listed = float(_np(losses.weighted_consistency(terms, [0.3, 0.3, 0.3])))
+    assert single == pytest.approx(listed, abs=1e-6)
+    # The default variant at λ = 1 is the paper's loss exactly.
+    assert single / 0.3 == pytest.approx(float(_np(losses.consistency_loss(maps))), abs=1e-6)
+    only_first = float(_np(losses.weighted_consistency(terms, [0.6, 0.0, 0.0])))
+    assert only_first == pytest.approx(0.6 * float(_np(terms[0])) / 3, abs=1e-6)
+
+
+def test_bad_variant_options_are_refused():
+    maps = [np.ones((1, 4, 4, 1), "float32")] * 3
+    with pytest.raises(ValueError, match="consistency_target"):
+        losses.consistency_terms(maps, target="previous")
+    with pytest.raises(ValueError, match="consistency_loss"):
+        losses.consistency_terms(maps, loss="l2")
+    with pytest.raises(ValueError, match="one λ per early exit"):
+        losses.check_consistency_options("final", "cosine", [0.1, 0.2], 3)
+    with pytest.raises(ValueError, match="λ"):
+        losses.check_consistency_options("final", "cosine", [0.1, -0.2, 0.3], 3)
