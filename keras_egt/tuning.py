@@ -34,6 +34,7 @@ import numpy as np
 from keras_egt import callbacks as egt_callbacks
 from keras_egt import cascade as egt_cascade
 from keras_egt import metrics as egt_metrics
+from keras_egt.losses import check_consistency_options
 from keras_egt.model import NUM_EXITS, EarlyExitCNN, resolve_widths
 
 __all__ = [
@@ -144,6 +145,12 @@ class EGTHyperModel(kt.HyperModel):
       written as "w1,w2,w3,w4,w5" (fixed to all ones unless given);
     * `learning_rate`: Adam's initial rate, a `Choice` of `learning_rates`
       (fixed to the paper's 1e-3 unless given);
+    * `consistency_target`, `consistency_loss`: the EGT variant (see
+      `keras_egt.losses.consistency_terms`), `Choice`s of `consistency_targets`
+      and `consistency_losses`; declared only when given (else the paper's EGT);
+    * `lambda_profile`: one λ per early exit as `λ_k = λ * profile_k`, a `Choice`
+      of `lambda_profiles` written as "p1,p2,p3,p4"; declared only when given
+      (else every early exit gets λ). λ = 0 stays the baseline whatever the profile.
     * `widths`, `input_shape`, `num_classes`: fixed; they identify the search, so
       that resuming in a directory that holds another search's trials fails
       clearly instead of mixing them.
@@ -160,6 +167,11 @@ class EGTHyperModel(kt.HyperModel):
         lambdas: the λ values to search (each >= 0).
         exit_weights: None, or candidate 5-tuples of per-exit loss weights.
         learning_rates: None, or candidate initial learning rates.
+        consistency_targets: None, or candidates among `"final"`, `"next"`.
+        consistency_losses: None, or candidates among `"cosine"`,
+            `"attention_transfer"`.
+        lambda_profiles: None, or candidate per-early-exit multipliers of λ
+            (sequences of one number >= 0 per early exit).
         threshold: the validation cascade's threshold (the paper: 0.9).
         criterion: the validation cascade's exit criterion.
         decay_every: epochs between learning-rate halvings (the paper: 15).
@@ -184,7 +196,8 @@ class EGTHyperModel(kt.HyperModel):
     def __init__(self, num_classes, input_shape, widths="paper", lambdas=DEFAULT_LAMBDAS,
                  exit_weights=None, learning_rates=None, threshold=0.9,
                  criterion="max_probability", decay_every=15, decay_factor=0.5,
-                 distribution=None, name=None, tunable=True):
+                 distribution=None, name=None, tunable=True, consistency_targets=None,
+                 consistency_losses=None, lambda_profiles=None):
         super().__init__(name=name, tunable=tunable)
         self.num_classes = int(num_classes)
         self.input_shape = tuple(int(d) for d in input_shape)
@@ -202,6 +215,18 @@ class EGTHyperModel(kt.HyperModel):
                 raise ValueError(f"learning_rates must be > 0, got {rate}.")
         for text in self.exit_weights or ():
             self._parse_weights(text)
+        self.consistency_targets = None if consistency_targets is None else self._candidates(
+            "consistency_targets", consistency_targets, str)
+        self.consistency_losses = None if consistency_losses is None else self._candidates(
+            "consistency_losses", consistency_losses, str)
+        self.lambda_profiles = None if lambda_profiles is None else self._candidates(
+            "lambda_profiles", lambda_profiles, _weights_text)
+        for target in self.consistency_targets or ("final",):
+            for loss in self.consistency_losses or ("cosine",):
+                for profile in self.lambda_profiles or (None,):
+                    # Checks every variant's options now, before any trial runs.
+                    check_consistency_options(target, loss, self._weight(1.0, profile),
+                                              NUM_EXITS - 1)
         # Checks the shapes by building one model now, before any trial runs.
         EarlyExitCNN(self.num_classes, self.input_shape, self.widths, self.lambdas[0])
         self.threshold = threshold
@@ -244,7 +269,20 @@ class EGTHyperModel(kt.HyperModel):
             "learning_rate": hp.Choice("learning_rate", self.learning_rates)
             if self.learning_rates else hp.Fixed("learning_rate", 1e-3),
         }
+        if self.consistency_targets:
+            values["consistency_target"] = hp.Choice("consistency_target", self.consistency_targets)
+        if self.consistency_losses:
+            values["consistency_loss"] = hp.Choice("consistency_loss", self.consistency_losses)
+        if self.lambda_profiles:
+            values["lambda_profile"] = hp.Choice("lambda_profile", self.lambda_profiles)
         return values
+
+    @staticmethod
+    def _weight(lam, profile):
+        """λ, or one λ per early exit `λ * profile_k` when a profile is given."""
+        if profile is None:
+            return float(lam)
+        return [float(lam) * float(p) for p in profile.split(",")]
 
     def check_space(self, hp):
         """Raises `FatalValueError` unless `hp` is this hypermodel's search space.
@@ -281,8 +319,11 @@ class EGTHyperModel(kt.HyperModel):
         with self._scope():
             model = EarlyExitCNN(
                 self.num_classes, self.input_shape, widths=self.widths,
-                consistency_weight=values["consistency_weight"],
+                consistency_weight=self._weight(values["consistency_weight"],
+                                                values.get("lambda_profile")),
                 exit_weights=self._parse_weights(values["exit_weights"]),
+                consistency_target=values.get("consistency_target", "final"),
+                consistency_loss=values.get("consistency_loss", "cosine"),
             )
             model.compile(keras.optimizers.Adam(values["learning_rate"]), metrics=["accuracy"])
             # KerasTuner's checkpoints hold Adam's slots: a built optimizer restores

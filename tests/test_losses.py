@@ -165,3 +165,60 @@ def test_bad_variant_options_are_refused():
         losses.check_consistency_options("final", "cosine", [0.1, 0.2], 3)
     with pytest.raises(ValueError, match="λ"):
         losses.check_consistency_options("final", "cosine", [0.1, -0.2, 0.3], 3)
+
+
+# --- the variants on the model -----------------------------------------------------
+
+def _tiny_model(**kwargs):
+    import keras_egt as egt
+
+    return egt.EarlyExitCNN(3, (32, 32, 2), widths=(4, 4, 4, 4, 4), **kwargs)
+
+
+def test_model_default_loss_is_the_papers_and_lambda_zero_adds_none():
+    from conftest import blob_task
+
+    x, _ = blob_task(n=4)
+    model = _tiny_model(consistency_weight=0.3)
+    model(x, training=False)
+    maps = [_np(m) for m in model.attention_maps(x)]
+    expected = 0.3 * np.mean([1 - ref.consistency(m, maps[-1]).mean() for m in maps[:-1]])
+    assert float(_np(sum(model.losses))) == pytest.approx(expected, abs=1e-5)
+    for options in [{"consistency_target": "next"}, {"consistency_loss": "attention_transfer"},
+                    {"consistency_weight": [0.0, 0.0, 0.0, 0.0]}]:
+        base = _tiny_model(**{"consistency_weight": 0.0, **options})
+        base(x, training=False)
+        assert len(base.losses) == 0
+
+
+@pytest.mark.parametrize("target,loss", VARIANTS)
+def test_model_variant_loss_matches_numpy(target, loss):
+    from conftest import blob_task
+
+    x, _ = blob_task(n=4)
+    weights = [0.1, 0.2, 0.3, 0.4]
+    model = _tiny_model(consistency_weight=weights, consistency_target=target, consistency_loss=loss)
+    model(x, training=False)
+    maps = [_np(m) for m in model.attention_maps(x)]
+    terms = ref.consistency_variant_terms(maps, target, loss)
+    expected = sum(w * t for w, t in zip(weights, terms)) / 4
+    assert float(_np(sum(model.losses))) == pytest.approx(expected, abs=1e-5)
+
+
+def test_model_variant_options_round_trip(tmp_path):
+    import keras
+
+    model = _tiny_model(consistency_weight=[0.1, 0.2, 0.3, 0.4], consistency_target="next",
+                        consistency_loss="attention_transfer")
+    again = model.__class__.from_config(model.get_config())
+    assert again.consistency_weight == (0.1, 0.2, 0.3, 0.4)
+    assert again.consistency_target == "next" and again.consistency_loss == "attention_transfer"
+    path = str(tmp_path / "variant.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.consistency_weight == (0.1, 0.2, 0.3, 0.4)
+    assert loaded.consistency_target == "next" and loaded.consistency_loss == "attention_transfer"
+    with pytest.raises(ValueError, match="consistency_target"):
+        _tiny_model(consistency_target="previous")
+    with pytest.raises(ValueError, match="one λ per early exit"):
+        _tiny_model(consistency_weight=[0.1, 0.2])
