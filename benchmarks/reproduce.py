@@ -223,7 +223,7 @@ def run_table_i_plus(args):
         quality = egt.explanation_quality(model, x_test[:nq], y_test[:nq], steps=args.quality_steps,
                                           seed=args.seed)
         quality_seconds = time.time() - start
-        print(report.to_markdown().split("\n\n")[1], "\n", quality.to_markdown(), flush=True)
+        print(report.to_markdown(), "\n", quality.to_markdown(), flush=True)
         rows[name] = {"options": options, "train_seconds": train_seconds,
                       "quality_seconds": quality_seconds, "report": report.to_dict(),
                       "quality": quality.to_dict()}

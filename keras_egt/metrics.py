@@ -8,6 +8,7 @@
   `cos(resize(A_k[i]), A_5[π(i)])` for a seeded random derangement π (π(i) ≠ i).
   It is what consistency would be if the early exit looked at the right *kind*
   of place but not at this sample's: EGT's gain is the distance above it.
+* **Chance-corrected consistency**: `(c - floor) / (1 - floor)` (`chance_corrected`).
 * **Accuracy of every exit** (top-1).
 
 Everything runs in batches, so large sets fit in memory: per sample only the five
