@@ -83,7 +83,8 @@ def _map_gradients(fn, maps):
         with tf.GradientTape() as tape:
             tape.watch(tensors)
             value = fn(*tensors)
-        return [_np(g) for g in tape.gradient(value, tensors)]
+        grads = tape.gradient(value, tensors)
+        return [np.zeros(m.shape) if g is None else _np(g) for g, m in zip(grads, maps)]
     if BACKEND == "torch":
         import torch
 
