@@ -229,6 +229,8 @@ def run_table_i_plus(args):
                       "quality": quality.to_dict()}
         keras.backend.clear_session()
         _write_table_i_plus(args.output, keras.backend.backend(), settings, rows)
+    order = [name for name, _ in table_i_plus_variants(args.lambdas, args.variant_lambda)]
+    rows = {name: rows[name] for name in sorted(rows, key=lambda n: order.index(n) if n in order else len(order))}
     result = _write_table_i_plus(args.output, keras.backend.backend(), settings, rows)
     print(result["markdown"])
     print("Wrote", args.output)
