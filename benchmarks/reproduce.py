@@ -9,6 +9,15 @@ benchmarks/results/reproduction.json, with the tables in the paper's layout.
     python benchmarks/reproduce.py --quick           # tiny smoke run
     python benchmarks/reproduce.py --save-models DIR --keep 0,0.3
     python benchmarks/reproduce.py --resume          # go on with an interrupted sweep
+    python benchmarks/reproduce.py --table-i-plus --widths micro   # Table I+ (below)
+
+**Table I+** (`--table-i-plus`, results/table_i_plus.json): the baseline, EGT at
+each λ of `--lambdas`, hierarchical EGT (exit k vs k+1), EGT with one λ per early
+exit, and Attention Transfer (Zagoruyko & Komodakis 2017), each trained alike and
+measured with `evaluate` (consistency, chance floor, chance-corrected consistency,
+accuracy, MAC speedup) and `explanation_quality` (deletion / insertion AUC per exit
+against random order, randomisation-check correlation) on `--quality-samples` test
+samples.
 """
 
 import argparse
@@ -20,6 +29,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "reproduction.json")
+TABLE_I_PLUS = os.path.join(HERE, "results", "table_i_plus.json")
+# Table I+ targets: the paper's headline gain, on the chance-corrected figure.
+CORRECTED_GAIN_PCT = 18.5
+MAX_DELETION_LOSS = 0.02
 
 # Table I and II of the paper, for side-by-side reading.
 PAPER = {
@@ -159,6 +172,154 @@ def _device():
         return "cpu"
 
 
+def table_i_plus_variants(lambdas, variant_lambda):
+    """(row name, EarlyExitCNN keyword arguments) of every Table I+ model."""
+    rows = [(_name(lam), {"consistency_weight": lam}) for lam in [0.0, *[l for l in lambdas if l]]]
+    lam = variant_lambda
+    profile = [round(lam * (k + 1) / 2.5, 4) for k in range(4)]   # 0.3 -> 0.12 ... 0.48, mean 0.3
+    rows += [
+        (f"Hierarchical EGT (λ = {lam:g})", {"consistency_weight": lam, "consistency_target": "next"}),
+        ("EGT, per-exit λ (" + ", ".join(f"{w:g}" for w in profile) + ")",
+         {"consistency_weight": profile}),
+        (f"Attention Transfer (λ = {lam:g})",
+         {"consistency_weight": lam, "consistency_loss": "attention_transfer"}),
+    ]
+    return rows
+
+
+def run_table_i_plus(args):
+    import keras
+
+    import keras_egt as egt
+    from keras_egt.datasets import radar_gestures
+    from keras_egt.evaluation import evaluate
+
+    (x_train, y_train), (x_test, y_test) = radar_gestures.load_data(
+        num_train=args.num_train, num_test=args.num_test
+    )
+    settings = {"widths": args.widths, "epochs": args.epochs, "batch_size": args.batch_size,
+                "step_every": args.step_every, "learning_rate": 1e-3, "threshold": args.threshold,
+                "seed": args.seed, "num_train": len(x_train), "num_test": len(x_test),
+                "quality_samples": min(args.quality_samples, len(x_test)),
+                "quality_steps": args.quality_steps}
+    previous = _previous(args.output, settings) if args.resume else {}
+    rows = dict(previous.get("rows", {}))
+    nq = settings["quality_samples"]
+    for name, options in table_i_plus_variants(args.lambdas, args.variant_lambda):
+        if name in rows:
+            print(f"=== {name}: kept from {args.output}", flush=True)
+            continue
+        print(f"=== {name}: {options}, widths {args.widths}, {args.epochs} epochs", flush=True)
+        keras.utils.set_random_seed(args.seed)
+        model = egt.EarlyExitCNN(radar_gestures.NUM_CLASSES, x_train.shape[1:], widths=args.widths,
+                                 **options)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"])
+        start = time.time()
+        model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=2,
+                  callbacks=[egt.callbacks.StepDecay(every=args.step_every, factor=0.5)])
+        train_seconds = time.time() - start
+        report = evaluate(model, x_test, y_test, threshold=args.threshold, timing=False, name=name)
+        start = time.time()
+        quality = egt.explanation_quality(model, x_test[:nq], y_test[:nq], steps=args.quality_steps,
+                                          seed=args.seed)
+        quality_seconds = time.time() - start
+        print(report.to_markdown(), "\n", quality.to_markdown(), flush=True)
+        rows[name] = {"options": options, "train_seconds": train_seconds,
+                      "quality_seconds": quality_seconds, "report": report.to_dict(),
+                      "quality": quality.to_dict()}
+        keras.backend.clear_session()
+        _write_table_i_plus(args.output, keras.backend.backend(), settings, rows)
+    order = [name for name, _ in table_i_plus_variants(args.lambdas, args.variant_lambda)]
+    rows = {name: rows[name] for name in sorted(rows, key=lambda n: order.index(n) if n in order else len(order))}
+    result = _write_table_i_plus(args.output, keras.backend.backend(), settings, rows)
+    print(result["markdown"])
+    print("Wrote", args.output)
+
+
+def table_i_plus_verdicts(rows):
+    """Each non-baseline row against the Table I+ targets (see the module docstring)."""
+    base = rows.get("Baseline")
+    verdicts = {}
+    if base is None:
+        return verdicts
+    b_corr = base["report"]["corrected_consistency_avg"]
+    b_del = [e["deletion_auc"] for e in base["quality"]["exits"]]
+    for name, row in rows.items():
+        if name == "Baseline":
+            continue
+        exits = row["quality"]["exits"]
+        corr = row["report"]["corrected_consistency_avg"]
+        gain = 100 * (corr / b_corr - 1) if b_corr and b_corr > 0 else None
+        worse = [e["deletion_auc"] - b for e, b in zip(exits, b_del)]
+        beats_random = [e["deletion_auc"] < e["random_deletion_auc"] for e in exits]
+        raw_gain = 100 * (row["report"]["consistency_avg"] / base["report"]["consistency_avg"] - 1)
+        verdicts[name] = {
+            "raw_consistency_gain_pct": raw_gain,
+            "corrected_consistency_gain_pct": gain,
+            "corrected_gain_met": gain is not None and gain >= CORRECTED_GAIN_PCT,
+            "deletion_auc_minus_baseline": worse,
+            "deletion_no_worse_met": all(w <= MAX_DELETION_LOSS for w in worse),
+            "deletion_beats_random": beats_random,
+            "deletion_beats_random_met": all(beats_random),
+        }
+        verdicts[name]["all_met"] = (verdicts[name]["corrected_gain_met"]
+                                     and verdicts[name]["deletion_no_worse_met"]
+                                     and verdicts[name]["deletion_beats_random_met"])
+    return verdicts
+
+
+def table_i_plus_markdown(rows):
+    """The Table I+ tables: consistency figures, then per-exit deletion / insertion."""
+    def f(v, d=3):
+        return "–" if v is None else f"{v:.{d}f}"
+
+    lines = [
+        "| Model | Avg consistency | Chance floor | Corrected | Acc. (%) | MAC speedup "
+        "| Randomisation ρ (exits) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in rows.items():
+        r, q = row["report"], row["quality"]
+        lines.append(
+            f"| {name} | {f(r['consistency_avg'])} | {f(r['chance_consistency_avg'])} | "
+            f"{f(r.get('corrected_consistency_avg'))} | {100 * r['accuracy']:.2f} | "
+            f"{r['mac_speedup']:.2f}x | "
+            + ", ".join(f(e["randomisation_correlation"], 2) for e in q["exits"]) + " |"
+        )
+    num_exits = max(len(row["quality"]["exits"]) for row in rows.values())
+    header = " | ".join(f"Exit {k + 1}" for k in range(num_exits))
+    lines += ["", "Deletion AUC, attention order / random order (lower is better):", "",
+              f"| Model | {header} |", "|---|" + "---|" * num_exits]
+    for name, row in rows.items():
+        lines.append(f"| {name} | " + " | ".join(
+            f"{f(e['deletion_auc'])} / {f(e['random_deletion_auc'])}" for e in row["quality"]["exits"])
+            + " |")
+    lines += ["", "Insertion AUC, attention order / random order (higher is better):", "",
+              f"| Model | {header} |", "|---|" + "---|" * num_exits]
+    for name, row in rows.items():
+        lines.append(f"| {name} | " + " | ".join(
+            f"{f(e['insertion_auc'])} / {f(e['random_insertion_auc'])}" for e in row["quality"]["exits"])
+            + " |")
+    return "\n".join(lines)
+
+
+def _write_table_i_plus(path, backend, settings, rows):
+    result = {
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "backend": backend,
+                    "device": _device()},
+        "settings": settings,
+        "targets": {"corrected_gain_pct": CORRECTED_GAIN_PCT, "max_deletion_loss": MAX_DELETION_LOSS},
+        "rows": rows,
+        "verdicts": table_i_plus_verdicts(rows),
+        "markdown": table_i_plus_markdown(rows),
+    }
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f, indent=1, default=float)
+    os.replace(path + ".tmp", path)
+    return result
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", default="paper")
@@ -177,7 +338,23 @@ def main(argv=None):
     parser.add_argument("--resume", action="store_true",
                         help="keep the models --output already holds (same settings) and train the rest")
     parser.add_argument("--quick", action="store_true", help="micro widths, 2 epochs, 2 λ, 180/180 samples")
+    parser.add_argument("--table-i-plus", action="store_true",
+                        help="Table I+: EGT variants and explanation quality (results/table_i_plus.json)")
+    parser.add_argument("--variant-lambda", type=float, default=0.3,
+                        help="λ of the hierarchical, per-exit (mean) and Attention Transfer rows")
+    parser.add_argument("--quality-samples", type=int, default=500)
+    parser.add_argument("--quality-steps", type=int, default=20)
     args = parser.parse_args(argv)
+    if args.table_i_plus:
+        if args.output == RESULTS:
+            args.output = TABLE_I_PLUS
+        if args.quick:
+            args.widths, args.epochs, args.lambdas, args.num_train, args.num_test = "micro", 1, "0,0.3", 120, 60
+            args.quality_samples, args.quality_steps = 20, 4
+            args.output = os.path.join(HERE, "results", "table_i_plus_quick.json")
+        args.lambdas = [float(v) for v in args.lambdas.split(",")]
+        run_table_i_plus(args)
+        return 0
     if args.quick:
         args.widths, args.epochs, args.lambdas, args.num_train, args.num_test = "micro", 2, "0,0.3", 180, 180
         args.output = os.path.join(HERE, "results", "reproduction_quick.json")

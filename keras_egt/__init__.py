@@ -12,7 +12,7 @@ import sys
 __version__ = "0.1.0"
 
 _SUBMODULES = ("atomic", "calibration", "callbacks", "cascade", "cnn", "compiled_cascade", "costs", "datasets",
-               "evaluation", "export", "layers", "losses", "metrics", "model", "plots", "recipe",
+               "evaluation", "explanations", "export", "layers", "losses", "metrics", "model", "plots", "recipe",
                "stages", "tuning")
 
 # Public name -> the module that defines it.
@@ -21,6 +21,10 @@ _NAMES = {
     "calibrate_thresholds": "calibration",
     "CalibratedThresholds": "calibration",
     "evaluate": "evaluation",
+    "ExplanationQuality": "explanations",
+    "explanation_quality": "explanations",
+    "consistency_terms": "losses",
+    "weighted_consistency": "losses",
     "ConvBlock": "layers",
     "ExitHead": "layers",
     "SpatialAttention": "layers",

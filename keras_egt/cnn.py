@@ -104,13 +104,15 @@ class EarlyExitCNN(EarlyExitModel):
         num_classes: number of classes.
         input_shape: `(height, width, channels)`, height and width >= 32.
         widths: `"paper"` (64, 128, 256, 512, 512), `"micro"` or 5 ints.
-        consistency_weight: λ >= 0.
+        consistency_weight: λ >= 0, or one λ per early exit (4).
         exit_weights: 5 per-exit classification-loss weights (default 1 each).
         stop_gradient_target: whether the final map is a fixed target of the
             consistency loss.
         batch_norm_momentum: momentum of the blocks' moving statistics.
         attention_hidden_channels: hidden width of every attention module
             (`None`: `max(8, C // 8)`).
+        consistency_target: `"final"` or `"next"` (see `EarlyExitModel`).
+        consistency_loss: `"cosine"` or `"attention_transfer"` (see `EarlyExitModel`).
         **kwargs: `keras.Model` arguments (`name`, `dtype`).
 
     Example:
@@ -130,6 +132,8 @@ class EarlyExitCNN(EarlyExitModel):
         stop_gradient_target=True,
         batch_norm_momentum=egt_layers.BATCH_NORM_MOMENTUM,
         attention_hidden_channels=None,
+        consistency_target="final",
+        consistency_loss="cosine",
         **kwargs,
     ):
         momentum = check_number(batch_norm_momentum, "batch_norm_momentum", 0, 1,
@@ -144,6 +148,8 @@ class EarlyExitCNN(EarlyExitModel):
             exit_weights=exit_weights,
             stop_gradient_target=stop_gradient_target,
             attention_hidden_channels=attention_hidden_channels,
+            consistency_target=consistency_target,
+            consistency_loss=consistency_loss,
             **kwargs,
         )
         self._widths_arg = widths if isinstance(widths, str) and widths in WIDTH_PRESETS else (

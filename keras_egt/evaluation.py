@@ -59,13 +59,17 @@ class Report:
         num_samples: test samples.
         thresholds: the cascade's K thresholds (the last is ignored).
         criterion: the exit criterion.
-        consistency_weight: the model's λ.
+        consistency_weight: the model's λ (a list for one λ per early exit).
         widths: the model's channel widths (`EarlyExitCNN`; None for other models).
         exit_accuracy: accuracy of each of the K exits alone.
         consistency: Table I consistency of the K-1 early exits with the final exit.
         consistency_avg: their mean (Table I "Avg").
         chance_consistency: the same with shuffled pairing (chance floor).
         chance_consistency_avg: its mean.
+        corrected_consistency: `(c - floor) / (1 - floor)` per early exit
+            (`metrics.chance_corrected`): what is left of the consistency once the
+            agreement between different samples' maps is taken out.
+        corrected_consistency_avg: its mean.
         accuracy: the cascade's accuracy (Table I "Overall Acc.", Table II "With
             Early Exit").
         final_accuracy: the final exit's accuracy (Table II "Without Early Exit").
@@ -103,6 +107,8 @@ class Report:
     mac_ratio_to_oracle: float
     timing: dict = None
     curve: list = None
+    corrected_consistency: list = None
+    corrected_consistency_avg: float = None
 
     def to_dict(self):
         """The report as JSON-ready built-in types."""
@@ -150,6 +156,9 @@ class Report:
             + " | |",
             "| Chance floor (shuffled pairs) | "
             + " | ".join(_f3(c) for c in self.chance_consistency) + " | |",
+            "| Chance-corrected consistency | "
+            + " | ".join(_f3(c) for c in (self.corrected_consistency or [None] * len(self.consistency)))
+            + " | |",
             "| Exit share, cascade (%) | " + " | ".join(_pct(s, 1) for s in self.exit_shares)
             + " |",
             "| Exit share, oracle (%) | "
@@ -211,16 +220,19 @@ def _table_one(reports):
     early = max(len(r.consistency) for r in reports)
     rows = [
         "Table I: attention consistency (cosine with the final exit after bilinear resize, "
-        "mean over samples); chance floor: the same between different samples.",
+        "mean over samples); chance floor: the same between different samples; corrected: "
+        "(Avg - floor) / (1 - floor), averaged over exits.",
         "",
-        "| Model | " + " | ".join(_exit_names(early)) + " | Avg | Overall Acc. (%) | Chance Avg |",
-        "|---|" + "---|" * (early + 3),
+        "| Model | " + " | ".join(_exit_names(early))
+        + " | Avg | Overall Acc. (%) | Chance Avg | Corrected Avg |",
+        "|---|" + "---|" * (early + 4),
     ]
     for r in reports:
         rows.append(
             f"| {r.name} | " + " | ".join(_f3(c) for c in r.consistency)
             + " | –" * (early - len(r.consistency))
-            + f" | {_f3(r.consistency_avg)} | {_pct(r.accuracy)} | {_f3(r.chance_consistency_avg)} |"
+            + f" | {_f3(r.consistency_avg)} | {_pct(r.accuracy)} | {_f3(r.chance_consistency_avg)}"
+            + f" | {_f3(r.corrected_consistency_avg)} |"
         )
     return "\n".join(rows)
 
@@ -417,8 +429,18 @@ def time_per_sample(model, x, threshold=0.9, criterion=None,
 
 def default_name(model):
     """`"Baseline"` for λ = 0, else `"EGT (λ = <λ>)"`."""
-    weight = float(getattr(model, "consistency_weight", 0.0))
+    weight = _consistency_weight(model)
+    if isinstance(weight, list):
+        return ("Baseline" if not any(weight) else
+                "EGT (λ = " + ", ".join(f"{w:g}" for w in weight) + ")")
     return "Baseline" if weight == 0 else f"EGT (λ = {weight:g})"
+
+
+def _consistency_weight(model):
+    weight = getattr(model, "consistency_weight", 0.0)
+    if isinstance(weight, (list, tuple)):
+        return [float(w) for w in weight]
+    return float(weight)
 
 
 def evaluate(model, x, y, threshold=0.9, criterion=None, timing=True,
@@ -473,13 +495,15 @@ def evaluate(model, x, y, threshold=0.9, criterion=None, timing=True,
         num_samples=len(y),
         thresholds=[float(t) for t in cascade.thresholds],
         criterion=criterion,
-        consistency_weight=float(getattr(model, "consistency_weight", 0.0)),
+        consistency_weight=_consistency_weight(model),
         widths=[int(w) for w in model.widths] if hasattr(model, "widths") else None,
         exit_accuracy=metrics.exit_accuracies(outputs, y),
         consistency=consistency,
         consistency_avg=float(np.mean(consistency)),
         chance_consistency=chance,
         chance_consistency_avg=float(np.mean(chance)),
+        corrected_consistency=metrics.chance_corrected(consistency, chance),
+        corrected_consistency_avg=float(np.mean(metrics.chance_corrected(consistency, chance))),
         accuracy=float(np.mean(labels == y)),
         final_accuracy=float(correct[-1].mean()),
         exit_shares=shares,

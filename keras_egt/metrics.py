@@ -8,6 +8,7 @@
   `cos(resize(A_k[i]), A_5[π(i)])` for a seeded random derangement π (π(i) ≠ i).
   It is what consistency would be if the early exit looked at the right *kind*
   of place but not at this sample's: EGT's gain is the distance above it.
+* **Chance-corrected consistency**: `(c - floor) / (1 - floor)` (`chance_corrected`).
 * **Accuracy of every exit** (top-1).
 
 Everything runs in batches, so large sets fit in memory: per sample only the K
@@ -25,6 +26,7 @@ __all__ = [
     "ExitOutputs",
     "attention_consistency",
     "chance_consistency",
+    "chance_corrected",
     "compile_inference",
     "derangement",
     "exit_accuracies",
@@ -299,3 +301,31 @@ def chance_consistency(outputs_or_maps, seed=0, per_sample=False):
     final = maps[-1][derangement(maps.shape[1], seed)]
     scores = np.stack([_consistency(maps[k], final) for k in range(len(maps) - 1)])
     return scores if per_sample else [float(v) for v in scores.mean(axis=1)]
+
+
+def chance_corrected(consistency, floor):
+    """Chance-corrected consistency per exit: `(c - floor) / (1 - floor)`.
+
+    0 when exit k's map agrees with the final map no more than with another
+    sample's (the chance floor), 1 when the maps are identical, negative below
+    chance. Maps that grow alike across samples raise `c` and `floor` together, so
+    they leave this figure where it was: it measures agreement *about this sample*.
+
+    Args:
+        consistency: per-exit consistencies (`attention_consistency`).
+        floor: the same exits' chance floors (`chance_consistency`).
+
+    Returns:
+        A list of floats, NaN where the floor is 1 (every map the same: nothing left
+        to correct against).
+
+    Example:
+    >>> chance_corrected([0.8, 0.9], [0.6, 0.5])      # [0.5, 0.8]
+    """
+    c = np.asarray(consistency, np.float64)
+    f = np.asarray(floor, np.float64)
+    if c.shape != f.shape:
+        raise ValueError(f"consistency and floor differ in length: {c.shape} vs {f.shape}.")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corrected = np.where(f < 1, (c - f) / np.where(f < 1, 1 - f, 1.0), np.nan)
+    return [float(v) for v in corrected]

@@ -6,8 +6,9 @@ from keras import ops
 
 from keras_egt import callbacks as egt_callbacks
 from keras_egt import layers as egt_layers
-from keras_egt.checks import check_inputs, check_int, check_labels, check_number, check_weights
-from keras_egt.losses import exit_consistencies
+from keras_egt.checks import check_inputs, check_int, check_labels, check_weights
+from keras_egt.losses import check_consistency_options, consistency_terms, exit_consistencies
+from keras_egt.losses import weighted_consistency
 from keras_egt.stages import split_backbone
 
 
@@ -38,9 +39,15 @@ class EarlyExitModel(keras.Model):
             first to last (at least 2). Each must output a 4-D feature map, and no
             skip connection may cross it (see `split_backbone`).
         num_classes: number of classes.
-        consistency_weight: λ >= 0.
+        consistency_weight: λ >= 0, or a list of one λ per early exit (K - 1).
         exit_weights: K per-exit classification-loss weights (default 1 each), used
             as `loss_weights` unless `compile` is given its own.
+        consistency_target: `"final"` (exit k vs the final exit, the paper's EGT) or
+            `"next"` (exit k vs exit k+1, hierarchical).
+        consistency_loss: `"cosine"` (EGT) or `"attention_transfer"` (Zagoruyko &
+            Komodakis 2017); see `keras_egt.losses.consistency_terms`. The tracked
+            metrics (`consistency`, `exit_k_consistency`) always mean the cosine of
+            exit k with the final exit (the paper's Table I), whatever the variant.
         stop_gradient_target: whether the final map is a fixed target of the
             consistency loss (see `consistency_loss`).
         attention_hidden_channels: hidden width of every attention module
@@ -77,6 +84,8 @@ class EarlyExitModel(keras.Model):
         stop_gradient_target=True,
         attention_hidden_channels=None,
         head_grid=4,
+        consistency_target="final",
+        consistency_loss="cosine",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -89,7 +98,9 @@ class EarlyExitModel(keras.Model):
                 f"{image_shape}. Build it with input_shape=(H, W, C)."
             )
         num_classes = check_int(num_classes, "num_classes", minimum=2)
-        consistency_weight = check_number(consistency_weight, "consistency_weight (λ)", minimum=0)
+        consistency_target, consistency_loss, consistency_weight = check_consistency_options(
+            consistency_target, consistency_loss, consistency_weight, num_exits - 1
+        )
         exit_weights = (1.0,) * num_exits if exit_weights is None else check_weights(
             exit_weights, num_exits, "exit_weights"
         )
@@ -106,6 +117,8 @@ class EarlyExitModel(keras.Model):
         self.num_classes = int(num_classes)
         self.image_shape = tuple(int(d) for d in image_shape)
         self.consistency_weight = consistency_weight
+        self.consistency_target = consistency_target
+        self.consistency_loss = consistency_loss
         self.exit_weights = exit_weights
         self.stop_gradient_target = bool(stop_gradient_target)
         self.attention_hidden_channels = attention_hidden_channels
@@ -168,9 +181,13 @@ class EarlyExitModel(keras.Model):
     def call(self, inputs, training=None):
         logits, maps = self._forward(inputs, training=training)
         per_exit = exit_consistencies(maps, self.stop_gradient_target)
-        if self.consistency_weight > 0:
-            loss = 1.0 - sum(per_exit) / len(per_exit)
-            self.add_loss(self.consistency_weight * loss)
+        penalty = weighted_consistency(
+            consistency_terms(maps, self.consistency_target, self.consistency_loss,
+                              self.stop_gradient_target),
+            self.consistency_weight,
+        )
+        if penalty is not None:
+            self.add_loss(penalty)
         # Keras 3 has no add_metric: the values are read back by compute_loss
         # within the same traced step, on every backend.
         self._consistency = [ops.stop_gradient(c) for c in per_exit]
@@ -299,6 +316,8 @@ class EarlyExitModel(keras.Model):
             stop_gradient_target=self.stop_gradient_target,
             attention_hidden_channels=self.attention_hidden_channels,
             head_grid=self.head_grid,
+            consistency_target=self.consistency_target,
+            consistency_loss=self.consistency_loss,
         )
         return config
 

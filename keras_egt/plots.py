@@ -8,6 +8,8 @@
 * `speedup_curve`: accuracy against MAC speedup over cascade thresholds.
 * `pareto_plot`: the trials of a λ search, accuracy against consistency and against
   MAC speedup, with the Pareto front.
+* `deletion_curves`: every exit's deletion and insertion curves, attention order
+  against random order (`keras_egt.explanation_quality`).
 
 Every function writes the file atomically and returns its path.
 """
@@ -20,7 +22,10 @@ from keras import ops
 from keras_egt import metrics
 from keras_egt.checks import check_inputs
 
-__all__ = ["attention_grid", "consistency_bars", "exit_histogram", "pareto_plot", "speedup_curve"]
+__all__ = [
+    "attention_grid", "consistency_bars", "deletion_curves", "exit_histogram", "pareto_plot",
+    "speedup_curve",
+]
 
 
 def _pyplot():
@@ -314,5 +319,59 @@ def pareto_plot(table, path, title=None):
         ax.legend(fontsize=7)
     axes[0].set_ylabel("validation cascade accuracy (%)")
     fig.suptitle(title or "λ search: accuracy vs consistency and speedup", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def deletion_curves(quality, path, title=None):
+    """Writes every exit's deletion and insertion curves, attention vs random order.
+
+    One column per exit; the top row is deletion (a faithful map's curve drops
+    faster than the random order's), the bottom row insertion (it rises faster).
+    The legends give the AUCs.
+
+    Args:
+        quality: an `ExplanationQuality` or its `to_dict()`.
+        path: the `.png` to write.
+        title: optional title.
+
+    Returns:
+        `path`.
+
+    Example:
+    >>> quality = egt.explanation_quality(model, x_test[:500], y_test[:500])
+    >>> egt.plots.deletion_curves(quality, "deletion.png")
+    """
+    from keras_egt.explanations import ExplanationQuality
+
+    path = _check_path(path)
+    if isinstance(quality, dict):
+        quality = ExplanationQuality.from_dict(quality)
+    if not isinstance(quality, ExplanationQuality) or not quality.exits:
+        raise ValueError("deletion_curves needs an ExplanationQuality (or its to_dict()).")
+    fractions, curves = quality.fractions, quality.curves
+    count = quality.num_exits
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, count, squeeze=False, sharex=True, sharey=True,
+                             figsize=(2.3 * count + 0.6, 4.6))
+    for k in range(count):
+        e = quality.exits[k]
+        for row, (name, key) in enumerate((("deletion", "deletion_auc"),
+                                           ("insertion", "insertion_auc"))):
+            ax = axes[row, k]
+            ax.plot(fractions, curves[name][k], "-", color="tab:red",
+                    label=f"attention, AUC {e[key]:.3f}")
+            ax.plot(fractions, curves["random_" + name][k], "--", color="tab:gray",
+                    label=f"random, AUC {e['random_' + key]:.3f}")
+            ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6, loc="upper right" if row == 0 else "lower right")
+            if row == 0:
+                ax.set_title(f"Exit {k + 1}", fontsize=9)
+            else:
+                ax.set_xlabel("fraction of cells " + ("inserted" if row else "removed"), fontsize=7)
+            if k == 0:
+                ax.set_ylabel(f"{name}: p(predicted class)", fontsize=7)
+    fig.suptitle(title or "Deletion and insertion (Petsiuk et al. 2018)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

@@ -36,6 +36,7 @@ from keras_egt import metrics as egt_metrics
 from keras_egt import recipe
 from keras_egt.cnn import NUM_BLOCKS, EarlyExitCNN, resolve_widths
 from keras_egt.model import EarlyExitModel
+from keras_egt.losses import check_consistency_options
 
 __all__ = [
     "DEFAULT_LAMBDAS",
@@ -143,6 +144,12 @@ class EGTHyperModel(kt.HyperModel):
       written as "w1,w2,w3,w4,w5" (fixed to all ones unless given);
     * `learning_rate`: Adam's initial rate, a `Choice` of `learning_rates`
       (fixed to the paper's 1e-3 unless given);
+    * `consistency_target`, `consistency_loss`: the EGT variant (see
+      `keras_egt.losses.consistency_terms`), `Choice`s of `consistency_targets`
+      and `consistency_losses`; declared only when given (else the paper's EGT);
+    * `lambda_profile`: one λ per early exit as `λ_k = λ * profile_k`, a `Choice`
+      of `lambda_profiles` written as "p1,p2,p3,p4"; declared only when given
+      (else every early exit gets λ). λ = 0 stays the baseline whatever the profile.
     * `widths` (the CNN preset) or `backbone` and `exit_layers` (your own backbone),
       `input_shape`, `num_classes`, `cascade_threshold` (the validation cascade's
       criterion and thresholds): fixed; they identify the search, so that resuming
@@ -163,6 +170,11 @@ class EGTHyperModel(kt.HyperModel):
         lambdas: the λ values to search (each >= 0).
         exit_weights: None, or candidate K-tuples of per-exit loss weights.
         learning_rates: None, or candidate initial learning rates.
+        consistency_targets: None, or candidates among `"final"`, `"next"`.
+        consistency_losses: None, or candidates among `"cosine"`,
+            `"attention_transfer"`.
+        lambda_profiles: None, or candidate per-early-exit multipliers of λ
+            (sequences of one number >= 0 per early exit).
         threshold: the validation cascade's threshold (the paper: 0.9).
         criterion: the validation cascade's exit criterion.
         decay_every: epochs between learning-rate halvings (the paper: 15).
@@ -193,7 +205,8 @@ class EGTHyperModel(kt.HyperModel):
                  criterion="max_probability", decay_every=recipe.DECAY_EVERY,
                  decay_factor=recipe.DECAY_FACTOR,
                  distribution=None, backbone=None, exit_layers=None, name=None,
-                 tunable=True):
+                 tunable=True, consistency_targets=None, consistency_losses=None,
+                 lambda_profiles=None):
         super().__init__(name=name, tunable=tunable)
         self.num_classes = int(num_classes)
         self.input_shape = tuple(int(d) for d in input_shape)
@@ -222,6 +235,18 @@ class EGTHyperModel(kt.HyperModel):
                 raise ValueError(f"learning_rates must be > 0, got {rate}.")
         for text in self.exit_weights or ():
             self._parse_weights(text)
+        self.consistency_targets = None if consistency_targets is None else self._candidates(
+            "consistency_targets", consistency_targets, str)
+        self.consistency_losses = None if consistency_losses is None else self._candidates(
+            "consistency_losses", consistency_losses, str)
+        self.lambda_profiles = None if lambda_profiles is None else self._candidates(
+            "lambda_profiles", lambda_profiles, _weights_text)
+        for target in self.consistency_targets or ("final",):
+            for loss in self.consistency_losses or ("cosine",):
+                for profile in self.lambda_profiles or (None,):
+                    # Checks every variant's options now, before any trial runs.
+                    check_consistency_options(target, loss, self._weight(1.0, profile),
+                                              self.num_exits - 1)
         # Checks the shapes by building one model now, before any trial runs.
         self._model(kt.HyperParameters(), self.lambdas[0], None)
         self.threshold = threshold
@@ -254,10 +279,11 @@ class EGTHyperModel(kt.HyperModel):
             )
         return weights
 
-    def _model(self, hp, consistency_weight, exit_weights):
+    def _model(self, hp, consistency_weight, exit_weights, **options):
         if self.backbone is None:
             return EarlyExitCNN(self.num_classes, self.input_shape, widths=self.widths,
-                                consistency_weight=consistency_weight, exit_weights=exit_weights)
+                                consistency_weight=consistency_weight, exit_weights=exit_weights,
+                                **options)
         backbone = self.backbone(hp)
         shape = tuple(backbone.inputs[0].shape[1:]) if getattr(backbone, "inputs", None) else None
         if shape != self.input_shape:
@@ -266,7 +292,8 @@ class EGTHyperModel(kt.HyperModel):
                 f"hypermodel's input_shape {self.input_shape}."
             )
         return EarlyExitModel(backbone, self.exit_layers, self.num_classes,
-                              consistency_weight=consistency_weight, exit_weights=exit_weights)
+                              consistency_weight=consistency_weight, exit_weights=exit_weights,
+                              **options)
 
     def _declare(self, hp):
         """Registers (or reads) this search's hyperparameters; returns their values."""
@@ -290,7 +317,20 @@ class EGTHyperModel(kt.HyperModel):
             # same project must not reuse them (check_space refuses it).
             "cascade_threshold": hp.Fixed("cascade_threshold", _cascade_text(self)),
         }
+        if self.consistency_targets:
+            values["consistency_target"] = hp.Choice("consistency_target", self.consistency_targets)
+        if self.consistency_losses:
+            values["consistency_loss"] = hp.Choice("consistency_loss", self.consistency_losses)
+        if self.lambda_profiles:
+            values["lambda_profile"] = hp.Choice("lambda_profile", self.lambda_profiles)
         return values
+
+    @staticmethod
+    def _weight(lam, profile):
+        """λ, or one λ per early exit `λ * profile_k` when a profile is given."""
+        if profile is None:
+            return float(lam)
+        return [float(lam) * float(p) for p in profile.split(",")]
 
     def check_space(self, hp):
         """Raises `FatalValueError` unless `hp` is this hypermodel's search space.
@@ -331,8 +371,13 @@ class EGTHyperModel(kt.HyperModel):
         self.check_space(hp)
         values = self._declare(hp)
         with self._scope():
-            model = self._model(hp, values["consistency_weight"],
-                                self._parse_weights(values["exit_weights"]))
+            model = self._model(
+                hp,
+                self._weight(values["consistency_weight"], values.get("lambda_profile")),
+                self._parse_weights(values["exit_weights"]),
+                consistency_target=values.get("consistency_target", "final"),
+                consistency_loss=values.get("consistency_loss", "cosine"),
+            )
             recipe.compile_model(model, values["learning_rate"])
             # KerasTuner's checkpoints hold Adam's slots: a built optimizer restores
             # them (Hyperband resumes trials from them) instead of skipping them.

@@ -41,7 +41,20 @@ def test_report_figures_match_independent_computations(setup):
     np.testing.assert_allclose(report.consistency, consistency, atol=1e-6)
     assert report.consistency_avg == pytest.approx(np.mean(consistency))
     assert len(report.chance_consistency) == 4
+    c, f = np.array(report.consistency), np.array(report.chance_consistency)
+    np.testing.assert_allclose(report.corrected_consistency, (c - f) / (1 - f), atol=1e-9)
+    assert report.corrected_consistency_avg == pytest.approx(np.mean((c - f) / (1 - f)))
     assert report.timing is None
+
+
+def test_per_exit_lambda_report(setup):
+    _, x, y = setup
+    model = EarlyExitCNN(3, (32, 32, 2), widths=(4, 8, 8, 8, 8), consistency_weight=[0.1, 0.2, 0.3, 0.4])
+    report = evaluation.evaluate(model, x, y, timing=False)
+    assert report.name == "EGT (λ = 0.1, 0.2, 0.3, 0.4)"
+    assert report.consistency_weight == [0.1, 0.2, 0.3, 0.4]
+    row = next(line for line in report.to_markdown().splitlines() if line.startswith("| Chance-corrected"))
+    assert f"{report.corrected_consistency[0]:.3f}" in row
 
 
 def test_markdown_has_the_paper_layout(setup):

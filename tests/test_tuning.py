@@ -118,6 +118,33 @@ def test_hypermodel_space_and_bad_input():
         tuning.EGTHyperModel(9, (16, 16, 2))
 
 
+def test_hypermodel_searches_the_egt_variants():
+    hypermodel = tuning.EGTHyperModel(
+        9, (64, 64, 2), widths="micro", lambdas=[0.0, 0.4],
+        consistency_targets=["final", "next"], consistency_losses=["cosine", "attention_transfer"],
+        lambda_profiles=[(1, 1, 1, 1), (0.5, 1, 1, 1.5)],
+    )
+    hp = kt.HyperParameters()
+    hypermodel.declare_hyperparameters(hp)
+    space = {h.name: h for h in hp.space}
+    assert list(space["consistency_target"].values) == ["final", "next"]
+    assert list(space["consistency_loss"].values) == ["cosine", "attention_transfer"]
+    assert list(space["lambda_profile"].values) == ["1,1,1,1", "0.5,1,1,1.5"]
+    hp.values.update(consistency_weight=0.4, consistency_target="next",
+                     consistency_loss="attention_transfer", lambda_profile="0.5,1,1,1.5")
+    model = hypermodel.build(hp)
+    assert model.consistency_target == "next" and model.consistency_loss == "attention_transfer"
+    assert model.consistency_weight == pytest.approx((0.2, 0.4, 0.4, 0.6))
+    # Without the new options the space is the λ search it was.
+    plain = kt.HyperParameters()
+    tuning.EGTHyperModel(9, (64, 64, 2), widths="micro").declare_hyperparameters(plain)
+    assert not {"consistency_target", "consistency_loss", "lambda_profile"} & {h.name for h in plain.space}
+    with pytest.raises(ValueError, match="consistency_target"):
+        tuning.EGTHyperModel(9, (64, 64, 2), widths="micro", consistency_targets=["previous"])
+    with pytest.raises(ValueError, match="one λ per early exit"):
+        tuning.EGTHyperModel(9, (64, 64, 2), widths="micro", lambda_profiles=[(1, 1)])
+
+
 def test_grid_search_table_holds_what_the_trials_logged(data, recorder, tmp_path):
     tuner = _search(tmp_path, data, lambdas=(0.0, 0.3), callbacks=[recorder()])
     table = tuning.results_table(tuner)
