@@ -9,7 +9,7 @@ from scipy import special, stats
 from conftest import blob_task
 from keras_egt import calibration, cascade, costs, metrics
 from keras_egt.calibration import calibrate_thresholds
-from keras_egt.model import EarlyExitCNN
+from keras_egt.cnn import EarlyExitCNN
 
 WIDTHS = (4, 8, 8, 8, 8)
 NEVER = cascade.NEVER_EXIT
