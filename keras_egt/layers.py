@@ -205,10 +205,13 @@ class ExitHead(keras.layers.Layer):
             return logits, spatial_softmax(scores)
         return logits
 
-    def compute_output_shape(self, input_shape, return_attention=False):
-        logits = (input_shape[0], self.num_classes)
+    def compute_output_spec(self, features, return_attention=False):
+        # A spec, not a shape: Keras only passes `*_shape` arguments to
+        # compute_output_shape, so `return_attention` would break symbolic calls.
+        shape = tuple(features.shape)
+        logits = keras.KerasTensor((shape[0], self.num_classes), dtype=self.compute_dtype)
         if return_attention:
-            return logits, tuple(input_shape[:-1]) + (1,)
+            return logits, keras.KerasTensor(shape[:-1] + (1,), dtype=self.compute_dtype)
         return logits
 
     def get_config(self):
