@@ -171,7 +171,8 @@ def test_segments_chain_to_the_models_exits(trained):
             h = keras.ops.convert_to_numpy(h)
     config = export.build_segments(model)[2].get_config()
     clone = export.Segment.from_config(config)
-    assert clone.with_features and clone.block.filters == model.widths[2]
+    assert clone.with_features and clone.head.num_classes == 3
+    assert tuple(clone.stage.outputs[0].shape[1:]) == model.feature_shapes[2]
 
 
 def test_import_keras_egt_does_not_import_tensorflow():
@@ -204,7 +205,6 @@ def test_export_from_other_backend_runs_in_tensorflow_subprocess(trained, tmp_pa
 # ------------------------------------------------------------------ TensorFlow
 
 
-@pytest.mark.tensorflow_only
 def _hand_segment_macs(widths, size, channels, classes):
     """The preset's segment MACs written out: 3x3 "same" conv at the block's input
     resolution, then a head on the (pooled) H x W x C map: 1x1 conv to h = max(8, C // 8),
@@ -231,6 +231,7 @@ def test_hand_segment_macs_is_the_cost_model():
     assert egt.costs.segment_macs(model) == _hand_segment_macs(TINY, 32, 2, 3)
 
 
+@pytest.mark.tensorflow_only
 def test_manifest_is_complete(deployed):
     folder, manifest, model = deployed["dir"], deployed["manifest"], deployed["model"]
     assert sorted(os.listdir(folder)) == sorted(
@@ -539,7 +540,10 @@ def test_cli_export_with_quantization_aware_training(deployed, tmp_path, capsys)
     assert "TFLM arena bytes" in capsys.readouterr().out
     runner = export.load_cascade(out, runtime="tflm")
     labels, _ = runner.predict(deployed["x_test"])
-    assert np.mean(labels == deployed["y_test"]) > 1 / 3 + 0.2  # well above chance
+    # One epoch of QAT fine-tuning keeps the float model's decisions.
+    float_labels, _ = egt.Cascade(deployed["model"], threshold=THRESHOLD).predict(
+        deployed["x_test"])
+    assert np.mean(labels == float_labels) >= 0.9
 
 
 @pytest.mark.tensorflow_only

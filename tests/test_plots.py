@@ -64,7 +64,8 @@ def test_consistency_bars(setup, tmp_path, drawn):
     floors = [segment[0][1] for segment in ax.collections[0].get_segments()]
     np.testing.assert_allclose(
         floors, list(report.chance_consistency) + [report.chance_consistency_avg])
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["Baseline", "EGT"]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert [t for t in labels if t != "chance floor"] == ["Baseline", "EGT"]
 
 
 def test_exit_histogram_from_report_and_exits(setup, tmp_path, drawn):
@@ -79,7 +80,9 @@ def test_exit_histogram_from_report_and_exits(setup, tmp_path, drawn):
     np.testing.assert_allclose(oracle_bars, 100 * np.asarray(report.oracle["exit_shares"]))
     np.testing.assert_allclose(_bar_heights(drawn[1].axes[0]), [[25, 50, 0, 0, 25]])
     with pytest.raises(ValueError, match="0-based"):
-        plots.exit_histogram(np.array([1, 5]), str(tmp_path / "h3.png"))
+        plots.exit_histogram(np.array([1, 5]), str(tmp_path / "h3.png"), num_exits=5)
+    with pytest.raises(ValueError, match="0-based"):
+        plots.exit_histogram(np.array([1, -1]), str(tmp_path / "h4.png"))
 
 
 def _curve_points(report_curve):
