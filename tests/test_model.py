@@ -204,8 +204,10 @@ def test_plain_labels_pydataset_and_tf_data():
         return history.history, [_np(w) for w in model.weights]
 
     expected, weights = fit_one_epoch(x, y=y, batch_size=16, shuffle=False)
-    for data in (Data(), tf.data.Dataset.from_tensor_slices((x, y)).batch(16)):
-        history, got = fit_one_epoch(data)
+    # shuffle=False: fit would otherwise shuffle a PyDataset's batch order.
+    for data, kwargs in ((Data(), {"shuffle": False}),
+                         (tf.data.Dataset.from_tensor_slices((x, y)).batch(16), {})):
+        history, got = fit_one_epoch(data, **kwargs)
         assert np.isfinite(history["loss"][0])
         for key, value in expected.items():
             assert history[key][0] == pytest.approx(value[0], rel=1e-4, abs=1e-6), key
