@@ -144,7 +144,7 @@ def test_export_rejects_bad_input(trained, tmp_path):
         export.export_cascade(model, tmp_path / "d", np.zeros((4, 16, 16, 2)))
     with pytest.raises(ValueError, match="NaN"):
         export.export_cascade(model, tmp_path / "d", np.full((4, 32, 32, 2), np.nan))
-    with pytest.raises(TypeError, match="EarlyExitCNN"):
+    with pytest.raises(TypeError, match="EarlyExitModel"):
         export.export_cascade(keras.Sequential([keras.layers.Dense(2)]), tmp_path / "d",
                               np.zeros((4, 32, 32, 2)))
     (tmp_path / "busy").mkdir()
