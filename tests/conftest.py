@@ -56,3 +56,22 @@ def blob_task(n=192, size=32, channels=2, num_classes=3, seed=0):
 @pytest.fixture
 def blobs():
     return blob_task()
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The matplotlib figures `keras_egt.plots` writes, captured as they are saved.
+
+    A closed figure keeps its axes and artists, so a test can read what was drawn.
+    """
+    from keras_egt import plots
+
+    figures = []
+    save = plots._save
+
+    def capture(fig, path):
+        figures.append(fig)
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", capture)
+    return figures

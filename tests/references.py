@@ -122,3 +122,45 @@ def spearman(a, b):
     from scipy import stats
 
     return float(stats.spearmanr(a, b).statistic)
+
+
+def conv2d_same(x, kernel, bias):
+    """Stride-1 2-D convolution with zero "same" padding: `x (B, H, W, C)`, `kernel (kh, kw, C, O)`."""
+    kh, kw = kernel.shape[:2]
+    x = x.astype(np.float64)
+    padded = np.pad(x, ((0, 0), (kh // 2, (kh - 1) // 2), (kw // 2, (kw - 1) // 2), (0, 0)))
+    h, w = x.shape[1:3]
+    out = np.zeros(x.shape[:3] + (kernel.shape[3],))
+    for i in range(kh):
+        for j in range(kw):
+            out += np.einsum("bhwc,co->bhwo", padded[:, i : i + h, j : j + w], kernel[i, j])
+    return out + bias
+
+
+def attention_scores(features, reduce_kernel, reduce_bias, score_kernel, score_bias):
+    """The paper's attention scores conv3x3(relu(conv1x1(F)))."""
+    hidden = np.maximum(conv2d_same(features, reduce_kernel, reduce_bias), 0.0)
+    return conv2d_same(hidden, score_kernel, score_bias)
+
+
+def cross_entropy(logits, labels):
+    """Mean sparse categorical cross-entropy of `logits (n, C)`."""
+    logits = logits.astype(np.float64)
+    shifted = logits - logits.max(1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    return -log_p[np.arange(len(labels)), labels].mean()
+
+
+def oracle_exits(correct):
+    """Earliest correct exit per sample, else the last: `correct (K, n)` booleans."""
+    k = correct.shape[0]
+    return np.array([next((e for e in range(k) if correct[e, i]), k - 1)
+                     for i in range(correct.shape[1])])
+
+
+def first_confident_exit(probabilities, thresholds):
+    """First exit whose max probability reaches its threshold, else the last: `(K, n, C)`."""
+    k = probabilities.shape[0]
+    confidence = probabilities.max(-1)
+    return np.array([next((e for e in range(k - 1) if confidence[e, i] >= thresholds[e]), k - 1)
+                     for i in range(probabilities.shape[1])])

@@ -4,11 +4,12 @@ import pytest
 
 from conftest import blob_task
 import keras_egt as egt
+from test_case import tiny_cnn
 
 
 def test_step_decay_follows_the_formula():
     x, y = blob_task(32)
-    model = egt.EarlyExitCNN(3, (32, 32, 2), widths=(4, 4, 4, 4, 4))
+    model = tiny_cnn(widths=(4, 4, 4, 4, 4))
     model.compile(keras.optimizers.Adam(1e-3))
     history = model.fit(
         x, y, epochs=7, batch_size=32, verbose=0,
@@ -18,7 +19,11 @@ def test_step_decay_follows_the_formula():
     np.testing.assert_allclose(history.history["learning_rate"], expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs", [{"every": 0}, {"factor": 0.0}, {"factor": 1.5}])
-def test_step_decay_rejects_bad_arguments(kwargs):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"every": 0}, "every must be a positive"), ({"factor": 0.0}, r"factor must be in \(0, 1\]"),
+     ({"factor": 1.5}, r"factor must be in \(0, 1\]")],
+)
+def test_step_decay_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
         egt.callbacks.StepDecay(**kwargs)

@@ -78,13 +78,27 @@ def test_evaluate_calibrates_on_held_out_data(trained, capsys, labelled):
     assert written["thresholds"] == calibration["thresholds"]
 
 
-def test_explain_writes_a_png(trained):
+def test_explain_writes_a_png(trained, drawn):
+    import keras
+    from keras import ops
+
     folder, data, model = trained
     out = folder / "attention.png"
     code = cli.main(["explain", str(model), "--data", str(data), "--num-samples", "3",
-                     "--output", str(out)])
+                     "--start", "2", "--output", str(out)])
     assert code == 0
     assert out.read_bytes()[:8] == PNG_SIGNATURE
+    # Drawn: one row per test sample 2..4, the input then every exit's map over it.
+    loaded = keras.saving.load_model(model)
+    x = np.load(data)["x_test"][2:5]
+    maps = [ops.convert_to_numpy(m)[..., 0] for m in loaded.attention_maps(x)]
+    (figure,) = drawn
+    axes = np.array(figure.axes).reshape(3, loaded.num_exits + 1)
+    for i in range(3):
+        np.testing.assert_allclose(axes[i, 0].images[0].get_array(), x[i, :, :, 0])
+        for k, m in enumerate(maps):
+            np.testing.assert_allclose(np.asarray(axes[i, k + 1].images[1].get_array()),
+                                       m[i] / m[i].max(), atol=1e-5)
 
 
 def test_module_entry_point_in_a_subprocess(trained):
@@ -137,12 +151,32 @@ def test_missing_optional_package_exits_2_with_one_line(trained, capsys, monkeyp
     assert len(err) == 1 and "pip install keras-egt[deploy]" in err[0]
 
 
+def _commands(parser, prefix=()):
+    """Every (sub)command's argv prefix and parser, e.g. ("data", "show")."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield prefix + (name,), sub
+                yield from _commands(sub, prefix + (name,))
+
+
+COMMANDS = ["train", "evaluate", "explain", "demo", "tune", "export", "run-tflite", "data"]
+
+
 def test_every_option_has_help():
-    parser = cli.build_parser()
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for name in ("train", "evaluate", "explain"):
-        sub = commands.choices[name]
-        assert sub.description
+    found = dict(_commands(cli.build_parser()))
+    assert {name for (name, *_) in found} == set(COMMANDS)
+    for argv, sub in found.items():
+        assert sub.description, argv
         for action in sub._actions:
-            if not isinstance(action, argparse._HelpAction):
-                assert action.help, f"{name} {action.dest} has no help"
+            if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                assert action.help, f"{' '.join(argv)} {action.dest} has no help"
+
+
+@pytest.mark.parametrize("argv", [c for c, _ in _commands(cli.build_parser())], ids=" ".join)
+def test_help_of_every_command(argv, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(list(argv) + ["--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: ") and " ".join(argv) in out.splitlines()[0]

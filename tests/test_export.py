@@ -144,7 +144,7 @@ def test_export_rejects_bad_input(trained, tmp_path):
         export.export_cascade(model, tmp_path / "d", np.zeros((4, 16, 16, 2)))
     with pytest.raises(ValueError, match="NaN"):
         export.export_cascade(model, tmp_path / "d", np.full((4, 32, 32, 2), np.nan))
-    with pytest.raises(TypeError, match="EarlyExitCNN"):
+    with pytest.raises(TypeError, match="EarlyExitModel"):
         export.export_cascade(keras.Sequential([keras.layers.Dense(2)]), tmp_path / "d",
                               np.zeros((4, 32, 32, 2)))
     (tmp_path / "busy").mkdir()
@@ -171,7 +171,8 @@ def test_segments_chain_to_the_models_exits(trained):
             h = keras.ops.convert_to_numpy(h)
     config = export.build_segments(model)[2].get_config()
     clone = export.Segment.from_config(config)
-    assert clone.with_features and clone.block.filters == model.widths[2]
+    assert clone.with_features and clone.head.num_classes == 3
+    assert tuple(clone.stage.outputs[0].shape[1:]) == model.feature_shapes[2]
 
 
 def test_import_keras_egt_does_not_import_tensorflow():
@@ -204,6 +205,32 @@ def test_export_from_other_backend_runs_in_tensorflow_subprocess(trained, tmp_pa
 # ------------------------------------------------------------------ TensorFlow
 
 
+def _hand_segment_macs(widths, size, channels, classes):
+    """The preset's segment MACs written out: 3x3 "same" conv at the block's input
+    resolution, then a head on the (pooled) H x W x C map: 1x1 conv to h = max(8, C // 8),
+    3x3 score conv, gating and average pooling (H*W*C each), dense from a 4x4 grid
+    (or the whole map when smaller)."""
+    macs, c_in = [], channels
+    for k, c in enumerate(widths):
+        block = size * size * 9 * c_in * c
+        if k < len(widths) - 1:
+            size //= 2
+        hidden = max(8, c // 8)
+        cells = min(size, 4) ** 2
+        head = size * size * (c * hidden + 9 * hidden + 2 * c) + cells * c * classes
+        macs.append(block + head)
+        c_in = c
+    return macs
+
+
+def test_hand_segment_macs_is_the_cost_model():
+    # 32x32x2 input, widths (4, 8, 8, 8, 8): segment 1 is conv 32*32*9*2*4 = 73,728 and a
+    # head on 16x16x4: 16*16*(4*8 + 9*8 + 2*4) = 28,672, dense 16*4*3 = 192.
+    assert _hand_segment_macs(TINY, 32, 2, 3)[0] == 73728 + 28672 + 192
+    model = egt.EarlyExitCNN(3, (32, 32, 2), widths=TINY)
+    assert egt.costs.segment_macs(model) == _hand_segment_macs(TINY, 32, 2, 3)
+
+
 @pytest.mark.tensorflow_only
 def test_manifest_is_complete(deployed):
     folder, manifest, model = deployed["dir"], deployed["manifest"], deployed["model"]
@@ -219,7 +246,7 @@ def test_manifest_is_complete(deployed):
     assert manifest["thresholds"] == [THRESHOLD] * 4 + [2.0]
     segments = manifest["segments"]
     assert [s["index"] for s in segments] == [1, 2, 3, 4, 5]
-    macs = egt.costs.segment_macs(model)
+    macs = _hand_segment_macs(TINY, 32, 2, 3)
     shape = [1, 32, 32, 2]
     for k, seg in enumerate(segments):
         data = _read(os.path.join(folder, seg["file"]))
@@ -237,7 +264,7 @@ def test_manifest_is_complete(deployed):
             h = shape[1] // 2
             shape = [1, h, h, model.widths[k]]
             assert seg["features"]["shape"] == shape and seg["features"]["dtype"] == "int8"
-            assert seg["threshold_int8"] == export.int8_threshold(
+            assert seg["threshold_int8"] == _exact_threshold(
                 THRESHOLD, probs["scale"], probs["zero_point"])
             assert sorted([probs["output_index"], seg["features"]["output_index"]]) == [0, 1]
         else:
@@ -296,18 +323,55 @@ def test_handoff_needs_no_requantization(deployed):
 
 
 @pytest.mark.tensorflow_only
-def test_calibration_ranges_reproduce_the_parameters():
-    rng = np.random.default_rng(1)
-    for _ in range(50):
-        rmax = np.float32(rng.uniform(0.5, 20.0))
-        scale, zero_point = convert._emulated_quantization(0.0, rmax)
-        ranges = convert.calibration_ranges(scale, zero_point)
-        assert ranges, (scale, zero_point)
-        for lo, hi in ranges:
-            assert convert._emulated_quantization(lo, hi) == (scale, zero_point)
+def test_pin_range_clips_and_sets_both_ends():
     data = np.array([[0.0, 1.0, 5.0]], np.float32)
-    pinned = convert.pin_range(data, 0.0, 3.0)
-    np.testing.assert_array_equal(pinned, [[0.0, 1.0, 3.0]])
+    np.testing.assert_array_equal(convert.pin_range(data, 0.0, 3.0), [[0.0, 1.0, 3.0]])
+    data = np.array([[0.5, 1.0, 2.0, -0.1]], np.float32)
+    np.testing.assert_array_equal(convert.pin_range(data, -1.0, 3.0), [[0.5, 1.0, 3.0, -1.0]])
+
+
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("scale, zero_point", [(0.0145, -128), (0.047, -77), (0.0131, 61)])
+def test_calibration_ranges_reproduce_the_parameters(scale, zero_point):
+    """The real converter, calibrated on `pin_range` data, gives a one-op model's input
+    exactly the wanted (scale, zero point): what a segment's features carry."""
+    import tensorflow as tf
+
+    from keras_egt.export import exporter
+
+    rng = np.random.default_rng(1)
+    scale = float(np.float32(scale))  # as a segment's int8 features carry it
+    ranges = convert.calibration_ranges(scale, zero_point)
+    assert ranges
+
+    @tf.function(input_signature=[tf.TensorSpec((1, 6), tf.float32)])
+    def one_op(x):
+        return tf.nn.relu(x)
+
+    def converted_input_quantization(data):
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(
+            [one_op.get_concrete_function()], one_op)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+        converter.representative_dataset = lambda: ([row] for row in data)
+        interpreter = tf.lite.Interpreter(model_content=converter.convert())
+        got_scale, got_zero_point = interpreter.get_input_details()[0]["quantization"]
+        return float(np.float32(got_scale)), int(got_zero_point)
+
+    wide = 300 * scale  # wider than int8 can hold on either side
+    got = []
+    # The exporter tries the first few candidates until the converter agrees: one of
+    # them must give exactly the wanted parameters (measured: the unperturbed ends can
+    # be one float32 step off in scale, their neighbours match).
+    for lo, hi in ranges[: exporter._HANDOFF_ATTEMPTS]:
+        data = convert.pin_range(rng.uniform(-wide, wide, size=(16, 1, 6)), lo, hi)
+        got.append(converted_input_quantization(data))
+        if got[-1] == (scale, zero_point):
+            break
+    assert got[-1] == (scale, zero_point), got
+    assert all(z == zero_point and abs(s - scale) <= 4e-7 * scale for s, z in got)
 
 
 @pytest.mark.tensorflow_only
@@ -483,7 +547,10 @@ def test_cli_export_with_quantization_aware_training(deployed, tmp_path, capsys)
     assert "TFLM arena bytes" in capsys.readouterr().out
     runner = export.load_cascade(out, runtime="tflm")
     labels, _ = runner.predict(deployed["x_test"])
-    assert np.mean(labels == deployed["y_test"]) > 1 / 3 + 0.2  # well above chance
+    # One epoch of QAT fine-tuning keeps the float model's decisions.
+    float_labels, _ = egt.Cascade(deployed["model"], threshold=THRESHOLD).predict(
+        deployed["x_test"])
+    assert np.mean(labels == float_labels) >= 0.9
 
 
 @pytest.mark.tensorflow_only

@@ -62,11 +62,10 @@ def ref_cascade(table, thresholds, fail_segment):
 
 
 def python_threshold_int8():
-    """keras_egt.export.int8_threshold when the export module exists, else the reference."""
-    try:
-        from keras_egt.export import int8_threshold
-    except ImportError:
-        return ref_threshold_int8
+    """keras_egt.export.int8_threshold: the Python copy the C one must equal. No
+    fallback: a broken `keras_egt.export` import fails the tests that use it."""
+    from keras_egt.export import int8_threshold
+
     return int8_threshold
 
 
@@ -574,10 +573,9 @@ def quantize_input(x, spec):
 
 @pytest.fixture(scope="module")
 def real_deploy(tmp_path_factory):
-    export = pytest.importorskip(
-        "keras_egt.export", reason="keras_egt.export (issue 5's exporter) is not available"
-    )
     import keras
+
+    from keras_egt import export
 
     import keras_egt as egt
     from conftest import blob_task

@@ -126,7 +126,7 @@ def test_load_folder_train_test_layout(tmp_path):
 
 
 def test_load_folder_errors(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="No such data folder"):
         load_folder(tmp_path / "nope")
     with pytest.raises(ValueError, match="no class sub-folders"):
         load_folder(tmp_path)

@@ -22,22 +22,51 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 class Recorder(keras.callbacks.Callback):
-    """Keeps every epoch's logs by λ. KerasTuner deep-copies search callbacks, so the
-    record is a class attribute shared by the copies."""
+    """Keeps every fit's λ and its epochs' logs. KerasTuner deep-copies search
+    callbacks, so the record is a class attribute shared by the copies."""
 
-    logs, fits = [], []
+    logs, fits, runs = [], [], []
 
     def on_train_begin(self, logs=None):
         self.fits.append(self.model.consistency_weight)
+        self.runs.append((self.model.consistency_weight, {}))
 
     def on_epoch_end(self, epoch, logs=None):
         self.logs.append((self.model.consistency_weight, epoch, dict(logs)))
+        self.runs[-1][1][epoch] = dict(logs)
 
 
 @pytest.fixture
 def recorder():
-    Recorder.logs, Recorder.fits = [], []
+    Recorder.logs, Recorder.fits, Recorder.runs = [], [], []
     return Recorder
+
+
+def _row_matches_logs(row, logged):
+    """The table row holds exactly what one fit logged at its best epoch."""
+    scores = {e: logs["val_score"] for e, logs in logged.items()}
+    if row["best_step"] != max(scores, key=scores.get):
+        return False
+    logs = logged[row["best_step"]]
+    early = [key for key in logs if key.startswith("val_exit_") and key.endswith("_consistency")]
+    expected = {key[len("val_"):]: logs[key] for key in early}
+    expected.update(consistency=logs["val_consistency"],
+                    cascade_accuracy=logs["val_cascade_accuracy"],
+                    final_accuracy=logs["val_final_accuracy"],
+                    cascade_speedup=logs["val_cascade_speedup"],
+                    score=logs["val_score"], objective=logs["val_score"])
+    return len(early) >= 1 and all(row[key] == value for key, value in expected.items())
+
+
+def _check_rows_against_logs(table, recorder):
+    """Every row of `results_table` is what a fit of its λ logged (by the callbacks)."""
+    assert table
+    for row in table:
+        runs = [logged for lam, logged in recorder.runs if lam == row["consistency_weight"]]
+        assert any(_row_matches_logs(row, logged) for logged in runs), row
+        assert row["final_accuracy"] is not None
+        assert row["score"] == pytest.approx(
+            tuning.harmonic_mean(row["cascade_accuracy"], row["consistency"]))
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +115,7 @@ def test_harmonic_mean():
     assert tuning.harmonic_mean(0.9, 0.6) == pytest.approx(2 * 0.9 * 0.6 / 1.5)
     assert tuning.harmonic_mean(0.5, 0.5) == pytest.approx(0.5)
     assert tuning.harmonic_mean(1.0, 0.0) == 0.0
+    assert tuning.harmonic_mean(0.2, 0.8) == pytest.approx(0.32)  # 2 * 0.16 / 1.0
 
 
 def test_hypermodel_space_and_bad_input():
@@ -150,20 +180,9 @@ def test_grid_search_table_holds_what_the_trials_logged(data, recorder, tmp_path
     table = tuning.results_table(tuner)
     assert sorted(r["consistency_weight"] for r in table) == [0.0, 0.3]
     assert sorted(recorder.fits) == [0.0, 0.3]
+    _check_rows_against_logs(table, recorder)
     for row in table:
-        logged = {e: logs for lam, e, logs in recorder.logs if lam == row["consistency_weight"]}
-        scores = {e: logs["val_score"] for e, logs in logged.items()}
-        assert row["best_step"] == max(scores, key=scores.get)
-        logs = logged[row["best_step"]]
-        for k in range(1, 5):
-            assert row[f"exit_{k}_consistency"] == logs[f"val_exit_{k}_consistency"]
-        assert row["consistency"] == logs["val_consistency"]
-        assert row["cascade_accuracy"] == logs["val_cascade_accuracy"]
-        assert row["final_accuracy"] == logs["val_exit_5_accuracy"]
-        assert row["cascade_speedup"] == logs["val_cascade_speedup"]
-        assert row["score"] == row["objective"] == logs["val_score"]
-        assert row["score"] == pytest.approx(
-            tuning.harmonic_mean(row["cascade_accuracy"], row["consistency"]))
+        assert sum(1 for lam in recorder.fits if lam == row["consistency_weight"]) == 1
     markdown = table.to_markdown()
     assert markdown.startswith("| λ | Exit 1 | Exit 2 | Exit 3 | Exit 4 | Avg |")
     assert len(markdown.strip().splitlines()) == 2 + 2
@@ -210,6 +229,7 @@ def test_other_tuners(tuner_class, args, data, recorder, tmp_path):
     table = tuning.results_table(tuner)
     assert table and all(r["consistency_weight"] in (0.0, 0.1, 0.3) for r in table)
     assert len(recorder.fits) >= len(table)
+    _check_rows_against_logs(table, recorder)
     assert tuner.get_best_models(1)[0].consistency_weight in (0.0, 0.1, 0.3)
 
 
@@ -356,7 +376,9 @@ def test_distributed_search_with_one_chief_and_two_workers(tmp_path):
     assert not (rendezvous / "chief").exists()  # the chief serves, it trains nothing
     table = json.loads(outputs["chief"].split("TABLE", 1)[1].splitlines()[0])
     assert sorted(r["consistency_weight"] for r in table) == [0.0, 0.1, 0.2, 0.3]
-    assert all(0 <= r["score"] <= 1 for r in table)
+    for r in table:  # the harmonic mean, written out
+        a, c = r["cascade_accuracy"], r["consistency"]
+        assert r["score"] == pytest.approx(2 * a * c / (a + c))
 
 
 DATA_PARALLEL_SCRIPT = textwrap.dedent("""
@@ -395,7 +417,8 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent("""
         placed = len(kernel.sharding.device_set)
     else:
         placed = len(kernel.values)  # a MirroredVariable: one copy per device
-    print("DEVICES", len(devices), placed, row["score"])
+    print("DEVICES", len(devices), placed, row["score"], row["cascade_accuracy"],
+          row["consistency"])
 """)
 
 
@@ -413,7 +436,8 @@ def test_data_parallel_trial_on_two_virtual_cpus(tmp_path):
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     line = [v for v in done.stdout.splitlines() if v.startswith("DEVICES")][0].split()
     assert line[1] == line[2] == "2"
-    assert 0 <= float(line[3]) <= 1
+    score, a, c = (float(v) for v in line[3:6])
+    assert score == pytest.approx(2 * a * c / (a + c))
 
 
 def test_cli_tune_end_to_end(tmp_path, capsys):
@@ -435,5 +459,6 @@ def test_cli_tune_end_to_end(tmp_path, capsys):
     assert cli_main(args[:-4] + ["--lambdas", "x", "--output-dir", str(out)]) == 2
     assert "--lambdas must be comma-separated numbers" in capsys.readouterr().err
     assert cli_main(args + ["--epochs", "0"]) == 2
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exited:
         cli_main(args + ["--objective", "nope"])
+    assert exited.value.code == 2

@@ -284,7 +284,10 @@ def quantization_aware_export(model, out_dir, x_train, y_train, representative_d
     check_model(model)
     if representative_data is None:
         representative_data = np.asarray(x_train)[:256]
-    settings = dict(threshold=exporter.resolve_thresholds(threshold), epochs=int(epochs),
+    from keras_egt.cascade import resolve_thresholds
+
+    settings = dict(threshold=list(resolve_thresholds(threshold, model.num_exits)),
+                    epochs=int(epochs),
                     learning_rate=float(learning_rate), batch_size=int(batch_size),
                     class_names=None if class_names is None else [str(c) for c in class_names],
                     overwrite=bool(overwrite), verbose=bool(verbose))

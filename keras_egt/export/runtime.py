@@ -473,7 +473,9 @@ class CascadeRunner:
             h = q[i : i + 1]
             for k, segment in enumerate(self._segments):
                 probabilities, h = segment(h)
-                if k == last or should_exit(probabilities, self.thresholds_int8[k]):
+                # should_exit takes a batch: this sample's (1, C) row.
+                row = np.reshape(probabilities, (1, -1))
+                if k == last or should_exit(row, self.thresholds_int8[k])[0]:
                     labels[i], exits[i] = int(np.argmax(probabilities)), k
                     break
             seconds[i] = time.perf_counter() - start
