@@ -33,6 +33,7 @@ BENCHMARKS = [
     ("benchmarks/compiled_cascade.py", [], ["--epochs", "1", "--samples", "10", "--output",
                                             "benchmarks/results/compiled_cascade_quick.json"]),
     ("benchmarks/reproduce.py", [], ["--quick"]),
+    ("benchmarks/backbones.py", [], ["--quick"]),
     # The same sweep at micro widths: the deployable model, and 50 epochs that a
     # 2-core CPU finishes in well under an hour. No quick variant (the one above is it).
     ("benchmarks/reproduce.py", ["--widths", "micro", "--output", "benchmarks/results/reproduction_micro.json"], None),
@@ -483,6 +484,43 @@ def _section_split_overhead(lines):
     ]
 
 
+def _section_backbones(lines):
+    """EGT on keras.applications.MobileNetV2 with four exits (benchmarks/backbones.py)."""
+    data = _load("backbones")
+    if not data:
+        return
+    settings = data["settings"]
+    rows = []
+    for name, entry in data["models"].items():
+        r = entry["report"]
+        corrected = [(c - f) / (1 - f) for c, f in zip(r["consistency"], r["chance_consistency"])]
+        r.setdefault("corrected_consistency_avg", sum(corrected) / len(corrected))
+        rows.append(
+            f"| {name} | " + " | ".join(_fmt(c) for c in r["consistency"])
+            + f" | {_fmt(r['consistency_avg'])} | {_fmt(r['chance_consistency_avg'])} | "
+            f"{_fmt(r.get('corrected_consistency_avg'))} | {100 * r['accuracy']:.2f} | "
+            f"{100 * r['final_accuracy']:.2f} | {r['mac_speedup']:.2f}x | "
+            f"{r['oracle']['speedup']:.2f}x | {entry['train_seconds'] / 60:.0f} min |")
+    early = len(next(iter(data["models"].values()))["report"]["consistency"])
+    lines += [
+        "## Your own backbone: MobileNetV2-0.35 with four exits (benchmarks/backbones.py)",
+        "",
+        f"`keras.applications.MobileNetV2(alpha={settings['alpha']:g}, weights=None)` cut after "
+        f"{', '.join(settings['exit_layers'])}; {settings['epochs']} epochs of the paper's recipe "
+        f"(batch norm momentum set to 0.9), threshold {settings['threshold']:g}, "
+        f"{settings['num_test']} test samples, {data['backend']} backend.",
+        "",
+        "| Model | " + " | ".join(f"Exit {k + 1}" for k in range(early))
+        + " | Avg | Chance Avg | Corrected Avg | Cascade Acc. (%) | Final exit Acc. (%) "
+        "| MAC speedup | Oracle speedup | Training |",
+        "|---|" + "---|" * (early + 9),
+        *rows,
+        "",
+        "Every figure: `benchmarks/results/backbones.json`.",
+        "",
+    ]
+
+
 def write_report(path=os.path.join(HERE, "RESULTS.md")):
     """Writes RESULTS.md from benchmarks/results/*.json."""
     lines = [
@@ -503,6 +541,7 @@ def write_report(path=os.path.join(HERE, "RESULTS.md")):
     _section_generic(lines, "cascade", "Cascade speedup vs the oracle bound (benchmarks/cascade.py)")
     _section_calibration(lines)
     _section_generic(lines, "deploy", "Deployment: int8 split cascade on LiteRT and TFLM (benchmarks/deploy.py)")
+    _section_backbones(lines)
     _section_firmware(lines)
     _section_compiled_cascade(lines)
     _section_split_overhead(lines)
