@@ -398,7 +398,7 @@ class CascadeRunner:
             h = q[i : i + 1]
             for k, segment in enumerate(self._segments):
                 probabilities, h = segment(h)
-                if k == last or should_exit(probabilities[0], self.thresholds_int8[k]):
+                if k == last or should_exit(probabilities, self.thresholds_int8[k]):
                     labels[i], exits[i] = int(np.argmax(probabilities)), k
                     break
             seconds[i] = time.perf_counter() - start
