@@ -49,11 +49,12 @@ def parse_args(argv=None):
         args.lambdas = [float(v) for v in args.lambdas.split(",") if v.strip()]
     except ValueError:
         parser.error(f"--lambdas must be comma-separated numbers, got {args.lambdas!r}")
-    if args.widths not in ("paper", "micro"):
-        try:
-            args.widths = tuple(int(v) for v in args.widths.split(","))
-        except ValueError:
-            parser.error(f"--widths must be 'paper', 'micro' or 5 ints, got {args.widths!r}")
+    from keras_egt.cnn import resolve_widths
+
+    try:
+        resolve_widths(args.widths)
+    except ValueError as error:
+        parser.error(f"--widths: {error}")
     return args
 
 
@@ -76,9 +77,8 @@ def main(argv=None):
         keras.utils.set_random_seed(args.seed)
         model = egt.EarlyExitCNN(radar_gestures.NUM_CLASSES, x_train.shape[1:],
                                  widths=args.widths, consistency_weight=lam)
-        model.compile(keras.optimizers.Adam(1e-3), metrics=["accuracy"])
-        model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                  verbose=args.verbose, callbacks=[egt.callbacks.StepDecay(15, 0.5)])
+        egt.recipe.fit(model, x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
+                       verbose=args.verbose)
         stem = os.path.join(args.output_dir, "baseline" if lam == 0 else f"egt_lambda_{lam:g}")
         save_model(model, stem + ".keras")
         report = egt.evaluate(model, x_test, y_test, threshold=args.threshold,

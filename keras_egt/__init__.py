@@ -10,6 +10,7 @@ from keras_egt import layers
 from keras_egt import losses
 from keras_egt import metrics
 from keras_egt import plots
+from keras_egt import recipe
 from keras_egt import stages
 from keras_egt import tuning
 from keras_egt.cascade import Cascade, calibrate_thresholds

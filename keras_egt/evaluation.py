@@ -26,17 +26,15 @@ which goes first), so machine noise hits both alike. The absolute figures are th
 framework's on this host, not a microcontroller's; the ratio is what carries over.
 """
 
-import contextlib
 import dataclasses
 import json
-import os
-import tempfile
 import time
 
 import keras
 import numpy as np
 from keras import ops
 
+from keras_egt import atomic
 from keras_egt import cascade as egt_cascade
 from keras_egt import costs
 from keras_egt import metrics
@@ -112,7 +110,7 @@ class Report:
     def to_json(self, path):
         """Writes `to_dict()` as JSON to `path` atomically; returns `path`."""
         text = json.dumps(self.to_dict(), indent=2)
-        _atomic_write_text(path, text + "\n")
+        atomic.write_text(path, text + "\n")
         return path
 
     @classmethod
@@ -172,39 +170,6 @@ def _plain(value):
     if isinstance(value, np.ndarray):
         return _plain(value.tolist())
     return value
-
-
-@contextlib.contextmanager
-def atomic_output(path, suffix=""):
-    """Yields a temporary path next to `path`; on success it replaces `path` atomically.
-
-    Readers never see a half-written file, and a failure leaves `path` as it was. The
-    file gets the usual permissions (0666 less the umask), not mkstemp's 0600.
-
-    Example:
-    >>> with atomic_output("plot.png", ".png") as tmp:
-    ...     fig.savefig(tmp)
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
-    os.close(fd)
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _atomic_write_text(path, text):
-    with atomic_output(path, ".json") as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
 
 
 def _pct(v, digits=2):

@@ -35,6 +35,15 @@ class ConvBlock(keras.layers.Layer):
         filters: number of output channels.
         pool: whether to end with 2x2 max pooling (stride 2).
         batch_norm_momentum: momentum of the moving statistics.
+        **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`).
+
+    Call arguments:
+        inputs: features `(batch, H, W, C_in)`.
+        training: whether batch norm uses the batch's statistics (and updates its
+            moving ones) or the moving statistics.
+
+    Returns (from `call`):
+        `(batch, H, W, filters)`, or `(batch, H // 2, W // 2, filters)` with `pool`.
 
     Example:
     >>> block = ConvBlock(64)
@@ -108,6 +117,13 @@ class SpatialAttention(keras.layers.Layer):
     Args:
         hidden_channels: channels of the hidden 1x1 conv. `None` picks
             `max(8, C // 8)` when built.
+        **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`).
+
+    Call arguments:
+        features: a feature map `(batch, H, W, C)`.
+
+    Returns (from `call`):
+        The scores `s`, `(batch, H, W, 1)`.
 
     Example:
     >>> att = SpatialAttention()
@@ -160,6 +176,11 @@ class ExitHead(keras.layers.Layer):
         hidden_channels: passed to `SpatialAttention`.
         grid: cells per side of the pooled grid (maps smaller than that keep
             their size).
+        **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`).
+
+    Call arguments:
+        features: a feature map `(batch, H, W, C)` of known H and W.
+        return_attention: also return the spatial attention map.
 
     Returns (from `call`):
         The logits `(batch, num_classes)`, or `(logits, attention_map)` when
@@ -205,10 +226,13 @@ class ExitHead(keras.layers.Layer):
             return logits, spatial_softmax(scores)
         return logits
 
-    def compute_output_shape(self, input_shape, return_attention=False):
-        logits = (input_shape[0], self.num_classes)
+    def compute_output_spec(self, features, return_attention=False):
+        # Lets the head be called on symbolic tensors (`keras.Input`) in a
+        # Functional graph, with or without its attention map.
+        logits = keras.KerasTensor((features.shape[0], self.num_classes), self.compute_dtype)
         if return_attention:
-            return logits, tuple(input_shape[:-1]) + (1,)
+            attention = keras.KerasTensor(tuple(features.shape[:-1]) + (1,), self.compute_dtype)
+            return logits, attention
         return logits
 
     def get_config(self):

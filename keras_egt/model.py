@@ -51,6 +51,13 @@ class EarlyExitModel(keras.Model):
         **kwargs: `keras.Model` arguments (`name`, `dtype`, e.g.
             `dtype="mixed_bfloat16"`).
 
+    Call arguments:
+        inputs: images `(batch, H, W, C)` of the backbone's input shape.
+        training: whether batch norm and dropout run in training mode.
+
+    Returns (from `call`):
+        A list of K float32 logits tensors `(batch, num_classes)`, first exit first.
+
     Example:
     >>> backbone = keras.applications.MobileNetV2(
     ...     input_shape=(64, 64, 2), alpha=0.35, weights=None, include_top=False)

@@ -40,7 +40,7 @@ def _check_path(path):
 
 
 def _save(fig, path):
-    from keras_egt.evaluation import atomic_output
+    from keras_egt.atomic import atomic_output
 
     plt = _pyplot()
     try:

@@ -31,9 +31,9 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-from keras_egt import callbacks as egt_callbacks
 from keras_egt import cascade as egt_cascade
 from keras_egt import metrics as egt_metrics
+from keras_egt import recipe
 from keras_egt.cnn import NUM_BLOCKS, EarlyExitCNN, resolve_widths
 from keras_egt.model import EarlyExitModel
 
@@ -193,7 +193,8 @@ class EGTHyperModel(kt.HyperModel):
 
     def __init__(self, num_classes, input_shape, widths="paper", lambdas=DEFAULT_LAMBDAS,
                  exit_weights=None, learning_rates=None, threshold=0.9,
-                 criterion="max_probability", decay_every=15, decay_factor=0.5,
+                 criterion="max_probability", decay_every=recipe.DECAY_EVERY,
+                 decay_factor=recipe.DECAY_FACTOR,
                  distribution=None, backbone=None, exit_layers=None, name=None,
                  tunable=True):
         super().__init__(name=name, tunable=tunable)
@@ -287,7 +288,7 @@ class EGTHyperModel(kt.HyperModel):
             "exit_weights": hp.Choice("exit_weights", self.exit_weights)
             if self.exit_weights else hp.Fixed("exit_weights", _weights_text((1,) * self.num_exits)),
             "learning_rate": hp.Choice("learning_rate", self.learning_rates)
-            if self.learning_rates else hp.Fixed("learning_rate", 1e-3),
+            if self.learning_rates else hp.Fixed("learning_rate", recipe.LEARNING_RATE),
         }
         return values
 
@@ -329,7 +330,7 @@ class EGTHyperModel(kt.HyperModel):
         with self._scope():
             model = self._model(hp, values["consistency_weight"],
                                 self._parse_weights(values["exit_weights"]))
-            model.compile(keras.optimizers.Adam(values["learning_rate"]), metrics=["accuracy"])
+            recipe.compile_model(model, values["learning_rate"])
             # KerasTuner's checkpoints hold Adam's slots: a built optimizer restores
             # them (Hyperband resumes trials from them) instead of skipping them.
             model.optimizer.build(model.trainable_variables)
@@ -364,7 +365,7 @@ class EGTHyperModel(kt.HyperModel):
         callbacks = [
             CascadeMetrics(x_val, y_val, self.threshold, self.criterion),
             *(callbacks or []),
-            egt_callbacks.StepDecay(self.decay_every, self.decay_factor),
+            *recipe.schedule(self.decay_every, self.decay_factor),
         ]
         try:
             with self._scope():

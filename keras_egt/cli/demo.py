@@ -4,6 +4,7 @@ import json
 import os
 import time
 
+from keras_egt import atomic
 from keras_egt.cli.train import parse_widths
 
 # Finishes in well under 15 minutes on a 2-core CPU (see the report's header).
@@ -128,10 +129,7 @@ def run(args):
     text = _report_markdown(
         settings, args, reports, calibrated, thresholds, plots, deploy_text, minutes, len(x_fit), len(x_val), len(x_test)
     )
-    tmp = report_path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, report_path)
+    atomic.write_text(report_path, text)
     print(text)
     print(f"\nDone in {minutes:.1f} min. Report: {report_path}")
     print("Plots: " + ", ".join(os.path.relpath(p) for p in plots.values()))

@@ -31,7 +31,7 @@ def register(subparsers):
     add_model_arguments(parser)
     parser.add_argument("--threshold", type=float, nargs="+", default=[0.9], metavar="T",
                         help="cascade threshold: one for every exit (default 0.9, the "
-                        "paper's) or one per early exit (4 values, or 5 with the last ignored)")
+                        "paper's) or one per early exit (K - 1 values, or K with the last ignored)")
     parser.add_argument("--criterion", choices=("max_probability", "entropy"),
                         default="max_probability",
                         help="exit rule: max softmax probability >= T (the paper's), or "
@@ -52,8 +52,6 @@ def register(subparsers):
 
 def evaluate_command(args):
     """Handler of `keras-egt evaluate`; returns the exit code."""
-    if len(args.threshold) not in (1, 4, 5):
-        raise CLIError(f"--threshold takes 1, 4 or 5 values, got {len(args.threshold)}.")
     if args.timing_samples < 1 or args.batch_size < 1:
         raise CLIError("--timing-samples and --batch-size must be >= 1.")
     model = common.load_model(args.model)

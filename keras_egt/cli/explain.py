@@ -2,7 +2,7 @@
 
     keras-egt explain egt.keras --data radar --output attention.png --num-samples 8
 
-draws the first samples of a split with the five exits' attention maps overlaid,
+draws the first samples of a split with every exit's attention map overlaid,
 one row per sample, each map titled with its exit's prediction and its cosine with
 the final exit's map.
 """
@@ -15,10 +15,10 @@ from keras_egt.cli import train as common
 def register(subparsers):
     """Adds the `explain` command to `subparsers`."""
     parser = subparsers.add_parser(
-        "explain", help="draw the five exits' attention maps over some inputs (PNG)",
+        "explain", help="draw every exit's attention map over some inputs (PNG)",
         description="Writes a PNG grid: one row per sample, its input and then the "
-        "attention maps of exits 1-5 overlaid, titled with each exit's prediction and "
-        "the cosine of its map with exit 5's.")
+        "attention maps of every exit overlaid, titled with each exit's prediction and "
+        "the cosine of its map with the final exit's.")
     evaluate_cli.add_model_arguments(parser)
     parser.add_argument("--output", "-o", default="attention.png",
                         help="the PNG to write (default attention.png)")
@@ -55,5 +55,5 @@ def explain_command(args):
         names = radar_gestures.CLASS_NAMES
     plots.attention_grid(model, x[args.start : stop], args.output, y=y[args.start : stop],
                          class_names=names, channel=args.channel)
-    print(f"Wrote {args.output} ({stop - args.start} samples x 5 exits).")
+    print(f"Wrote {args.output} ({stop - args.start} samples x {model.num_exits} exits).")
     return 0

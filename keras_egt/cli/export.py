@@ -4,7 +4,7 @@
     keras-egt export egt.keras deploy_qat/ --data radar --qat --qat-epochs 3
     keras-egt run-tflite deploy/ --data radar --runtime tflm --model egt.keras
 
-`export` writes five full-int8 segments, manifest.json and the firmware C sources;
+`export` writes one full-int8 segment per exit, manifest.json and the firmware C sources;
 `run-tflite` runs them as a cascade on TFLM or LiteRT and prints the accuracy, exit
 shares, time per sample and the size report (and the agreement with the float model
 when given --model).
@@ -19,8 +19,8 @@ from keras_egt.cli import train as common
 def register(subparsers):
     """Adds the `export` and `run-tflite` commands to `subparsers`."""
     parser = subparsers.add_parser(
-        "export", help="export a trained model as five int8 TFLite segments + firmware sources",
-        description="Splits a trained early-exit model into five full-int8 TFLite segments "
+        "export", help="export a trained model as int8 TFLite segments (one per exit) + firmware sources",
+        description="Splits a trained early-exit model into full-int8 TFLite segments (one per exit) "
         "(calibrated on training data), checks every op is int8 and the int8 feature handoff "
         "between segments needs no requantization, measures each segment's TFLM arena, and "
         "writes manifest.json and the C sources for firmware (model_data.c/.h, egt_manifest.h). "
@@ -30,7 +30,7 @@ def register(subparsers):
     common.add_data_arguments(parser)
     parser.add_argument("--threshold", type=float, nargs="+", default=[0.9], metavar="T",
                         help="exit threshold on the max probability: one for every exit "
-                        "(default 0.9) or one per early exit (4 values, or 5 with the last unused)")
+                        "(default 0.9) or one per early exit (K - 1 values, or K with the last unused)")
     parser.add_argument("--num-calibration", type=int, default=256,
                         help="training samples used to calibrate the int8 ranges (default 256)")
     parser.add_argument("--seed", type=int, default=0,
@@ -69,8 +69,7 @@ def _calibration_subset(x, count, seed):
 
 
 def _thresholds(values):
-    if len(values) not in (1, 4, 5):
-        raise CLIError(f"--threshold takes 1, 4 or 5 values, got {len(values)}.")
+    # Checked against the model's number of exits by `resolve_thresholds` at export.
     return values[0] if len(values) == 1 else list(values)
 
 
@@ -137,7 +136,7 @@ def run_command(args):
     print(f"int8 cascade on {args.runtime}, {len(x)} {args.split} samples of {args.data}:")
     print(f"  accuracy {100 * np.mean(labels == y):.2f}%")
     print("  exit shares " + ", ".join(f"exit {k + 1} {100 * s:.1f}%" for k, s in enumerate(shares)))
-    print(f"  mean MACs per sample {np.mean(macs[exits]):,.0f} (all five segments: {macs[-1]:,})")
+    print(f"  mean MACs per sample {np.mean(macs[exits]):,.0f} (all {runner.num_segments} segments: {macs[-1]:,})")
     print(f"  time per sample {1000 * np.mean(runner.last_seconds):.3f} ms (host, {args.runtime} "
           "Python interpreter)")
     if args.model:

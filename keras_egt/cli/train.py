@@ -54,7 +54,7 @@ def num_classes(args, *labels):
 
 
 def parse_widths(text):
-    """`"paper"`, `"micro"` or five comma-separated ints -> the `widths` argument."""
+    """`"paper"`, `"micro"` or five comma-separated ints -> the `widths` argument (CLIError if bad)."""
     from keras_egt.cnn import WIDTH_PRESETS, resolve_widths
 
     try:
@@ -160,11 +160,11 @@ def train_command(args):
     keras.utils.set_random_seed(args.seed)
     model = egt.EarlyExitCNN(classes, x_train.shape[1:], widths=widths,
                              consistency_weight=args.consistency_weight)
-    model.compile(keras.optimizers.Adam(args.learning_rate), metrics=["accuracy"])
     validation = None if args.no_validation or len(x_test) == 0 else (x_test, y_test)
-    model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-              validation_data=validation, verbose=args.verbose,
-              callbacks=[egt.callbacks.StepDecay(args.decay_every, args.decay_factor)])
+    egt.recipe.fit(model, x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
+                   learning_rate=args.learning_rate, decay_every=args.decay_every,
+                   decay_factor=args.decay_factor, validation_data=validation,
+                   verbose=args.verbose)
     save_model(model, args.output)
     print(f"Saved {args.output} (widths {model.widths}, λ = {model.consistency_weight:g}, "
           f"{classes} classes, trained on {len(x_train)} samples).")
@@ -173,7 +173,7 @@ def train_command(args):
 
 def save_model(model, path):
     """`model.save(path)` atomically (a temporary .keras next to it, then renamed)."""
-    from keras_egt.evaluation import atomic_output
+    from keras_egt.atomic import atomic_output
 
     with atomic_output(path, ".keras") as tmp:
         model.save(tmp)

@@ -118,7 +118,7 @@ def tune_command(args):
     import numpy as np
 
     from keras_egt import plots, tuning
-    from keras_egt.evaluation import atomic_output
+    from keras_egt.atomic import atomic_output
 
     keras.utils.set_random_seed(args.seed)
     order = np.random.default_rng(args.seed).permutation(len(x))

@@ -115,6 +115,8 @@ import zipfile
 
 import numpy as np
 
+from keras_egt import atomic
+
 FORMAT_VERSION = 1
 
 CLASS_NAMES = (
@@ -845,15 +847,7 @@ def _write_cache(path, key, arrays):
         os.makedirs(folder, exist_ok=True)
         buffer = io.BytesIO()
         np.savez(buffer, sha256=np.array(_checksum(arrays)), key=np.array(key), **arrays)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(buffer.getvalue())
-            os.replace(tmp, path)  # atomic: readers never see a half-written file
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        atomic.write_bytes(path, buffer.getvalue())
     except OSError as error:
         warnings.warn(f"Could not cache the radar gesture set at {path}: {error}", stacklevel=3)
 

@@ -4,9 +4,10 @@
 """
 
 import json
-import os
 import sys
 import traceback
+
+from keras_egt import atomic
 
 
 def main(job_path):
@@ -28,10 +29,7 @@ def main(job_path):
     except Exception as error:  # reported to the parent process, which re-raises it
         traceback.print_exc()
         result = {"error": str(error), "error_type": type(error).__name__}
-    tmp = job["result"] + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(result, f)
-    os.replace(tmp, job["result"])
+    atomic.write_text(job["result"], json.dumps(result))
     return 0 if "value" in result else 1
 
 

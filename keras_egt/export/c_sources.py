@@ -23,7 +23,8 @@ import json
 import math
 import os
 import struct
-import tempfile
+
+from keras_egt import atomic
 
 __all__ = [
     "format_c_array",
@@ -178,7 +179,7 @@ def write_c_sources(out_dir, manifest):
     paths = []
     for name, text in files.items():
         path = os.path.join(out_dir, name)
-        _write_atomic(path, text)
+        atomic.write_text(path, text, encoding="ascii")
         paths.append(path)
     return paths
 
@@ -512,17 +513,3 @@ def _manifest_h(manifest, segments):
         "",
     ]
     return "\n".join(out)
-
-
-def _write_atomic(path, text):
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

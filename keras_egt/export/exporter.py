@@ -1,7 +1,6 @@
 """`export_cascade`: a trained early-exit model to K int8 TFLite segments and a manifest."""
 
 import json
-import math
 import os
 import shutil
 import subprocess
