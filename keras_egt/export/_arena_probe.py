@@ -79,7 +79,9 @@ def main(path, zero_point, shape, low, high, recorded):
         return ok
 
     if high <= 0:
-        high = low + 1
+        # After a crash above the recorded total (LOW raised to that size), keep
+        # doubling from there: stepping one byte per child process never converges.
+        high = low + 1 if low < recorded else 2 * low
         while not allocates(high):
             low, high = high, 2 * high
     while high - low > 1:
