@@ -57,30 +57,38 @@ class StepDecay(keras.callbacks.Callback):
 
 
 class CompactProgbar(keras.callbacks.ProgbarLogger):
-    """The `fit` progress bar of an early-exit model, with a few metrics instead of all.
+    """The `fit` progress bar of an early-exit model, under 100 columns.
 
     With K exits `fit` logs four metrics per exit and the consistency of every
-    early exit: a line of several hundred characters. This bar shows the loss, the
-    average consistency and the final exit's accuracy (and their `val_` versions);
-    `History` still receives every metric. `EarlyExitModel.fit` adds it unless
-    `callbacks` holds a `ProgbarLogger` already.
+    early exit: a line of several hundred characters. This bar shows the loss
+    (`loss`), the average consistency (`cons`) and the final exit's accuracy
+    (`acc`), plus `val_acc` with validation data, on a 10-character bar; `History`
+    still receives every metric under its full name. `EarlyExitModel.fit` adds it
+    unless `callbacks` holds a `ProgbarLogger` already.
 
     Args:
         num_exits: the model's number of exits K.
-        shown: the metric names to show (default: `loss`, `consistency`,
-            `exit_K_accuracy`).
+        shown: `{logged name: displayed name}` to show instead (default: the four
+            above).
 
     Example:
-    >>> model.fit(x, y, callbacks=[CompactProgbar(5, shown=("loss", "exit_5_loss"))])
+    >>> model.fit(x, y, callbacks=[CompactProgbar(5, shown={"exit_5_loss": "loss5"})])
     """
 
     def __init__(self, num_exits, shown=None):
         super().__init__()
-        names = shown or ("loss", "consistency", f"exit_{int(num_exits)}_accuracy")
-        self.shown = set(names) | {f"val_{n}" for n in names}
+        k = int(num_exits)
+        self.shown = dict(shown or {"loss": "loss", "consistency": "cons",
+                                    f"exit_{k}_accuracy": "acc",
+                                    f"val_exit_{k}_accuracy": "val_acc"})
 
     def _keep(self, logs):
-        return {k: v for k, v in (logs or {}).items() if k in self.shown}
+        logs = logs or {}
+        return {short: logs[name] for name, short in self.shown.items() if name in logs}
+
+    def _maybe_init_progbar(self):
+        super()._maybe_init_progbar()
+        self.progbar.width = 10
 
     def _update_progbar(self, batch, logs=None):
         super()._update_progbar(batch, self._keep(logs))
