@@ -62,7 +62,7 @@ def run(args):
     (x_train, y_train), (x_test, y_test) = radar_gestures.load_data(
         num_train=args.num_train, num_test=args.num_test
     )
-    widths = args.widths if args.widths in ("paper", "micro") else tuple(int(w) for w in args.widths.split(","))
+    widths = args.widths if args.widths in egt.WIDTH_PRESETS else egt.cnn.resolve_widths(args.widths)
     settings = {"widths": widths, "epochs": args.epochs, "batch_size": args.batch_size,
                 "step_every": args.step_every, "learning_rate": 1e-3, "threshold": args.threshold,
                 "seed": args.seed, "num_train": len(x_train), "num_test": len(x_test)}
@@ -85,12 +85,10 @@ def run(args):
         model = egt.EarlyExitCNN(
             radar_gestures.NUM_CLASSES, x_train.shape[1:], widths=widths, consistency_weight=lam
         )
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"])
         start = time.time()
-        history = model.fit(
-            x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=2,
-            callbacks=[egt.callbacks.StepDecay(every=args.step_every, factor=0.5)],
-        )
+        history = egt.recipe.fit(model, x_train, y_train, epochs=args.epochs,
+                                 batch_size=args.batch_size, decay_every=args.step_every,
+                                 verbose=2)
         train_seconds[name] = time.time() - start
         histories[name] = {k: [float(v) for v in vs] for k, vs in history.history.items()}
         reports[name] = evaluate(model, x_test, y_test, threshold=args.threshold, timing=args.timing)
@@ -213,10 +211,9 @@ def run_table_i_plus(args):
         keras.utils.set_random_seed(args.seed)
         model = egt.EarlyExitCNN(radar_gestures.NUM_CLASSES, x_train.shape[1:], widths=args.widths,
                                  **options)
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"])
         start = time.time()
-        model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=2,
-                  callbacks=[egt.callbacks.StepDecay(every=args.step_every, factor=0.5)])
+        egt.recipe.fit(model, x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
+                       decay_every=args.step_every, verbose=2)
         train_seconds = time.time() - start
         report = evaluate(model, x_test, y_test, threshold=args.threshold, timing=False, name=name)
         start = time.time()

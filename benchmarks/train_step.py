@@ -196,7 +196,9 @@ def main(argv=None):
             env = dict(os.environ, KERAS_BACKEND=backend)
             subprocess.run([sys.executable, os.path.abspath(__file__), *passthrough], env=env, check=True)
         return 0
-    widths = args.widths if args.widths in ("paper", "micro") else tuple(int(w) for w in args.widths.split(","))
+    import keras_egt as egt
+
+    widths = args.widths if args.widths in egt.WIDTH_PRESETS else egt.cnn.resolve_widths(args.widths)
     result = measure(widths, args.batch_size, args.steps, args.rounds, args.image_size)
     # A smoke run must not overwrite the measured figures.
     _merge(result, RESULTS.replace(".json", "_quick.json") if args.quick else RESULTS)
