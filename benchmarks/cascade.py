@@ -77,6 +77,22 @@ def _summary(report, test_final_accuracy):
     }
 
 
+def _train(args, x_train, y_train):
+    """An EarlyExitCNN trained with the paper's recipe; returns it and the seconds taken."""
+    import keras
+
+    import keras_egt as egt
+    from keras_egt.datasets import radar_gestures
+
+    keras.utils.set_random_seed(args.seed)
+    model = egt.EarlyExitCNN(radar_gestures.NUM_CLASSES, x_train.shape[1:], widths=args.widths,
+                             consistency_weight=args.lam)
+    start = time.time()
+    egt.recipe.fit(model, x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
+                   verbose=args.verbose)
+    return model, time.time() - start
+
+
 def run(args):
     import keras
 
@@ -94,13 +110,7 @@ def run(args):
         model = keras.saving.load_model(args.model)
         print(f"Loaded {args.model}: widths {model.widths}, λ = {model.consistency_weight:g}")
     else:
-        keras.utils.set_random_seed(args.seed)
-        model = egt.EarlyExitCNN(radar_gestures.NUM_CLASSES, x_train.shape[1:],
-                                 widths=args.widths, consistency_weight=args.lam)
-        start = time.time()
-        egt.recipe.fit(model, x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                       verbose=args.verbose)
-        train_seconds = time.time() - start
+        model, train_seconds = _train(args, x_train, y_train)
         if args.save_model:
             from keras_egt.cli.train import save_model
 
@@ -331,13 +341,7 @@ def study(args):
     else:
         (x_train, y_train), _ = radar_gestures.load_data(num_train=args.num_train,
                                                           num_test=args.num_test)
-        keras.utils.set_random_seed(args.seed)
-        model = egt.EarlyExitCNN(radar_gestures.NUM_CLASSES, x_train.shape[1:],
-                                 widths=args.widths, consistency_weight=args.lam)
-        t = time.time()
-        egt.recipe.fit(model, x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                       verbose=args.verbose)
-        train_seconds = time.time() - t
+        model, train_seconds = _train(args, x_train, y_train)
     x, y, users = radar_gestures.load_calibration_data(num_users=args.num_users,
                                                        samples_per_user=args.samples_per_user)
     probabilities = egt.metrics.exit_probabilities(model, x)

@@ -34,6 +34,8 @@ import sys
 import tempfile
 import time
 
+from keras_egt import atomic as egt_atomic
+
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -464,11 +466,7 @@ def main(argv=None):
                                 dirs_exist_ok=True)
     results["seconds"] = time.time() - started
     results["markdown"] = _markdown(results)
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    tmp = args.output + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(tmp, args.output)
+    egt_atomic.write_text(args.output, json.dumps(results, indent=1))
     print(results["markdown"])
     print(f"Wrote {args.output} ({results['seconds'] / 60:.1f} min).")
 

@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 
+from keras_egt import atomic as egt_atomic
+
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -178,11 +180,7 @@ def main(argv=None):
                           if k in results["presets"]}
     results["seconds"] = time.time() - started
     results["markdown"] = markdown(results)
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    tmp = args.output + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(tmp, args.output)
+    egt_atomic.write_text(args.output, json.dumps(results, indent=1))
     print(results["markdown"])
     print(f"Wrote {args.output} ({results['seconds'] / 60:.1f} min).")
 
