@@ -194,7 +194,7 @@ def run(args):
     }
     path = args.output
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    egt.evaluation._atomic_write_text(path, json.dumps(result, indent=1) + "\n")
+    egt.atomic.write_text(path, json.dumps(result, indent=1) + "\n")
     print(markdown)
     print("Wrote", path)
     return result
@@ -489,7 +489,7 @@ def study(args):
     }
     path = args.output
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    egt.evaluation._atomic_write_text(path, json.dumps(result, indent=1) + "\n")
+    egt.atomic.write_text(path, json.dumps(result, indent=1) + "\n")
     print(markdown)
     print("Wrote", path)
     return result

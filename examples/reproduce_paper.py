@@ -90,7 +90,7 @@ def main(argv=None):
         print(report.to_markdown(), flush=True)
 
     tables = egt.evaluation.compare_markdown(reports)
-    egt.evaluation._atomic_write_text(os.path.join(args.output_dir, "tables.md"), tables + "\n")
+    egt.atomic.write_text(os.path.join(args.output_dir, "tables.md"), tables + "\n")
     egt.plots.consistency_bars(reports, os.path.join(args.output_dir, "consistency.png"))
     print("\n" + tables)
     print(f"\nModels, reports and figures in {args.output_dir}/")

@@ -74,7 +74,7 @@ def export_final_only(model, representative_data, path):
 
         return run_in_tensorflow("export_final_only", model,
                                  {"representative_data": representative_data}, {"path": path})
-    from keras_egt.evaluation import atomic_output
+    from keras_egt.atomic import atomic_output
     from keras_egt.export import convert, runtime as rt
 
     data = convert.convert_segment(FinalOnly(model), np.asarray(representative_data, np.float32),
