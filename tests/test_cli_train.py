@@ -123,7 +123,7 @@ def test_module_entry_point_in_a_subprocess(trained):
         (["evaluate", "{data}", "--data", "{data}"], ".keras"),
         (["train", "--data", "{data}", "--widths", "4,8", "--output", "{folder}/m.keras"],
          "--widths"),
-        (["evaluate", "{model}", "--data", "{data}", "--threshold", "0.9", "0.8"], "1, 4 or 5"),
+        (["evaluate", "{model}", "--data", "{data}", "--threshold", "0.9", "0.8"], "one per exit"),
         (["evaluate", "{model}", "--data", "{data}", "--calibrate", "0.01"], "--calibration-data"),
         (["evaluate", "{model}", "--data", "{data}", "--calibrate", "1.5",
           "--calibration-data", "{data}"], "no array 'x'"),
@@ -160,7 +160,8 @@ def _commands(parser, prefix=()):
                 yield from _commands(sub, prefix + (name,))
 
 
-COMMANDS = ["train", "evaluate", "explain", "demo", "tune", "export", "run-tflite", "data"]
+COMMANDS = ["train", "evaluate", "explain", "demo", "tune", "export", "run-tflite", "data",
+            "firmware"]
 
 
 def test_every_option_has_help():
