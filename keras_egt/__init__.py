@@ -40,29 +40,45 @@ _NAMES = {
     "valid_cuts": "stages",
 }
 
-__all__ = sorted(_SUBMODULES + tuple(_NAMES))
+__all__ = sorted(_SUBMODULES + tuple(_NAMES) + ("register_serializables",))
 
 
 def __getattr__(name):
     if name in _SUBMODULES:
-        module = importlib.import_module(f"keras_egt.{name}")
+        value = importlib.import_module(f"keras_egt.{name}")
     elif name in _NAMES:
-        module = getattr(importlib.import_module(f"keras_egt.{_NAMES[name]}"), name)
+        value = getattr(importlib.import_module(f"keras_egt.{_NAMES[name]}"), name)
+        # A public name means Keras is in use: register the saved models' classes
+        # too, so `keras.saving.load_model` finds them.
+        register_serializables()
     else:
         raise AttributeError(f"module 'keras_egt' has no attribute {name!r}")
-    globals()[name] = module
-    return module
+    globals()[name] = value
+    return value
 
 
 def __dir__():
     return sorted(set(globals()) | set(__all__))
 
 
-def _register_serializables():
-    """Imports the modules whose classes `keras.saving.load_model` must know."""
-    for name in ("layers", "model", "cnn", "callbacks"):
+_registered = False
+
+
+def register_serializables():
+    """Imports the modules whose classes `keras.saving.load_model` must know.
+
+    `import keras_egt` does this at once when Keras is already imported, and the
+    first public name used (`egt.EarlyExitCNN`, `egt.evaluate`, ...) does it too;
+    call it yourself before `keras.saving.load_model` if you import keras_egt before
+    Keras and use nothing from it first.
+    """
+    global _registered
+    if _registered:
+        return
+    _registered = True
+    for name in ("layers", "model", "cnn", "callbacks", "export.segments"):
         importlib.import_module(f"keras_egt.{name}")
 
 
 if "keras" in sys.modules:
-    _register_serializables()
+    register_serializables()

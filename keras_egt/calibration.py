@@ -67,7 +67,7 @@ from keras_egt import atomic
 from keras_egt import cascade as _cascade
 from keras_egt import costs
 from keras_egt import metrics
-from keras_egt.checks import check_labels
+from keras_egt.checks import check_fraction, check_labels
 
 __all__ = [
     "CalibratedThresholds",
@@ -419,15 +419,7 @@ class CalibratedThresholds(list):
 
 
 def _check_fraction(value, name):
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}.") from None
-    if not 0.0 <= value < 1.0:
-        raise ValueError(
-            f"{name} must lie in [0, 1) (a fraction: 0.005 = half a point), got {value}."
-        )
-    return value
+    return check_fraction(value, name, include_one=False)
 
 
 def _group_index(groups, n):

@@ -130,17 +130,20 @@ def check_number(value, name, minimum=None, maximum=None, include_maximum=True):
     return value
 
 
-def check_fraction(value, name):
-    """`value` as a float in [0, 1] (a share or an accuracy drop), or a ValueError.
+def check_fraction(value, name, include_one=True):
+    """`value` as a float in [0, 1] (or [0, 1) without `include_one`), or a ValueError.
+
+    For shares and accuracy drops.
 
     Example:
-    >>> check_fraction(0.005, "max_accuracy_drop")
+    >>> check_fraction(0.005, "max_accuracy_drop", include_one=False)
     0.005
     """
-    if not _is_real(value) or not math.isfinite(float(value)) or not 0 <= float(value) <= 1:
+    top = 1.0 if include_one else math.nextafter(1.0, 0.0)
+    if not _is_real(value) or not math.isfinite(float(value)) or not 0 <= float(value) <= top:
         raise ValueError(
-            f"{name} must be a fraction in [0, 1] (0.005 = half a percentage point), got "
-            f"{value!r:.60}."
+            f"{name} must be a fraction in [0, 1{']' if include_one else ')'} (0.005 = half a "
+            f"percentage point), got {value!r:.60}."
         )
     return float(value)
 

@@ -3,7 +3,7 @@
 import keras
 
 from keras_egt import layers as egt_layers
-from keras_egt.checks import check_number
+from keras_egt.checks import check_int, check_number
 from keras_egt.model import EarlyExitModel
 
 WIDTH_PRESETS = {
@@ -41,18 +41,24 @@ def resolve_widths(widths):
                 f"Unknown widths preset {widths!r}; use one of {sorted(WIDTH_PRESETS)} "
                 "or 5 comma-separated channel counts such as '8,16,32,64,64'."
             )
-        widths = widths.split(",")
+        widths = [w.strip() for w in widths.split(",")]
     try:
-        values = [float(w) for w in widths]
-    except (TypeError, ValueError):
+        widths = list(widths)
+    except TypeError:
+        raise ValueError(f"widths must be 5 channel counts (one per block), got {widths!r}.") from None
+    values = []
+    for w in widths:
+        if isinstance(w, str):
+            try:
+                w = float(w)
+            except ValueError:
+                raise ValueError(f"widths must be whole numbers, got {w!r}.") from None
+        values.append(check_int(w, "widths", minimum=1))
+    if len(values) != NUM_BLOCKS:
         raise ValueError(
-            f"widths must be 5 positive whole numbers (one per block), got {widths!r}."
-        ) from None
-    if len(values) != NUM_BLOCKS or any(v != int(v) or v < 1 for v in values):
-        raise ValueError(
-            f"widths must be 5 positive whole numbers (one per block), got {tuple(widths)}."
+            f"widths must be 5 channel counts (one per block), got {len(values)}: {tuple(values)}."
         )
-    return tuple(int(v) for v in values)
+    return tuple(values)
 
 
 def cnn_backbone(input_shape, widths="paper", batch_norm_momentum=egt_layers.BATCH_NORM_MOMENTUM,

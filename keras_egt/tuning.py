@@ -274,7 +274,7 @@ class EGTHyperModel(kt.HyperModel):
         weights = tuple(float(w) for w in text.split(","))
         if len(weights) != self.num_exits or not all(math.isfinite(w) and w >= 0 for w in weights):
             raise ValueError(
-                f"exit_weights candidates must be {self.num_exits} finite numbers >= 0, "
+                f"exit_weights candidates must be {self.num_exits} numbers (finite, >= 0), "
                 f"got {text!r}."
             )
         return weights

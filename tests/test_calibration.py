@@ -230,9 +230,9 @@ def test_bad_inputs_get_clear_errors():
     rng = np.random.default_rng(0)
     p, y = _synthetic(20, rng)
     for eps in (1.0, -0.1, 1.5):
-        with pytest.raises(ValueError, match=r"max_accuracy_drop must lie in \[0, 1\)"):
+        with pytest.raises(ValueError, match=r"max_accuracy_drop must be a fraction in \[0, 1\)"):
             calibrate_thresholds(None, None, y, eps, probabilities=p)
-    with pytest.raises(ValueError, match=r"max_disagreement must lie in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"max_disagreement must be a fraction in \[0, 1\)"):
         calibrate_thresholds(None, None, None, max_disagreement=1.0, probabilities=p)
     for conf in (0.0, 1.0, 1.2):
         with pytest.raises(ValueError, match=r"confidence must lie in \(0, 1\)"):

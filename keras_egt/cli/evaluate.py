@@ -15,8 +15,6 @@ it: label-free, agreement with the last exit) and optional `groups` (user ids). 
 certified bound is printed beside the drop measured on the evaluated split.
 """
 
-import numpy as np
-
 from keras_egt.cli import CLIError
 from keras_egt.cli import train as common
 
@@ -111,6 +109,8 @@ def evaluate_command(args):
 
 def calibration_set(model, args):
     """`(x, y or None, groups or None, where)`: the held-out calibration data."""
+    import numpy as np
+
     if args.calibration_data:
         path = args.calibration_data
         try:

@@ -12,8 +12,6 @@ Python interpreter, and writes firmware.json (flash, RAM, instructions, speedup)
 
 import os
 
-import numpy as np
-
 from keras_egt.cli import CLIError
 
 
@@ -47,6 +45,8 @@ def register(subparsers):
 
 def load_samples(path):
     """The inputs of an .npz file: its array `x`, else `x_test` (as `load_npz` reads it)."""
+    import numpy as np
+
     from keras_egt.datasets import loaders
 
     if not os.path.isfile(path):

@@ -70,7 +70,7 @@ def load_model(path):
 
     import keras_egt
 
-    keras_egt._register_serializables()
+    keras_egt.register_serializables()
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No such model file: {path}")

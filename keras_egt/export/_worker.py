@@ -30,9 +30,10 @@ def _run(job):
 
         if keras.backend.backend() != "tensorflow":
             raise RuntimeError("the export worker must run with KERAS_BACKEND=tensorflow.")
-        import keras_egt.model  # noqa: F401  (registers the model's classes for loading)
-        import keras_egt.callbacks  # noqa: F401
+        import keras_egt
         from keras_egt import export
+
+        keras_egt.register_serializables()  # the model's classes, for loading
 
         model = keras.saving.load_model(job["model"], compile=False)
         arrays = {name: np.load(path) for name, path in job["arrays"].items()}
