@@ -624,7 +624,9 @@ def results_table(tuner):
             row[key] = (float(trial.metrics.get_last_value(metric))
                         if trial.metrics.exists(metric) else None)
         row["objective"] = None if trial.score is None else float(trial.score)
-        row["best_step"] = int(trial.best_step or 0)
+        # KerasTuner counts a trial's steps from its own first epoch; a Hyperband trial
+        # that resumes another one starts at tuner/initial_epoch.
+        row["best_step"] = int(values.get("tuner/initial_epoch", 0)) + int(trial.best_step or 0)
         rows.append(row)
     return rows
 
