@@ -83,7 +83,9 @@ def evaluate_command(args):
 
     from keras_egt import evaluation
 
-    threshold = args.threshold[0] if len(args.threshold) == 1 else args.threshold
+    from keras_egt.cli.export import parse_thresholds
+
+    threshold = parse_thresholds(args.threshold, model)
     calibrated = None
     if args.calibrate is not None:
         calibrated = threshold = calibrate(model, args)

@@ -72,9 +72,16 @@ def _calibration_subset(x, count, seed):
     return x[rows]
 
 
-def _thresholds(values):
-    # Checked against the model's number of exits by `resolve_thresholds` at export.
-    return values[0] if len(values) == 1 else list(values)
+def parse_thresholds(values, model):
+    """The --threshold values, checked against the model's number of exits."""
+    from keras_egt.cascade import resolve_thresholds
+
+    threshold = values[0] if len(values) == 1 else list(values)
+    try:
+        resolve_thresholds(threshold, model.num_exits)
+    except ValueError as error:
+        raise CLIError(f"--threshold: {error}") from None
+    return threshold
 
 
 def _class_names(args, num_classes):
@@ -92,10 +99,10 @@ def export_command(args):
 
     from keras_egt import export
 
-    threshold = _thresholds(args.threshold)
     if args.qat_epochs < 1 or args.qat_learning_rate <= 0:
         raise CLIError("--qat-epochs must be >= 1 and --qat-learning-rate > 0.")
     model = common.load_model(args.model)
+    threshold = parse_thresholds(args.threshold, model)
     (x_train, y_train), _ = common.load_dataset(args)
     if len(x_train) == 0:
         raise CLIError(f"{args.data} holds no training samples to calibrate on.")
