@@ -55,11 +55,24 @@ def tiny_deploy(tmp_path_factory):
 
 def _with_thresholds(folder, out, thresholds_int8):
     """A copy of a deploy folder whose exits fire at the given int8 thresholds."""
+    import math
+
+    from keras_egt.export import c_sources, manifest as manifest_lib, runtime
+
     shutil.copytree(folder, out)
     manifest = json.loads((out / "manifest.json").read_text())
-    for seg, t in zip(manifest["segments"][:-1], thresholds_int8):
+    for k, (seg, t) in enumerate(zip(manifest["segments"][:-1], thresholds_int8)):
+        # The float threshold that maps to this int8 one, so the manifest stays consistent.
+        q = seg["probabilities"]
+        value = (int(t) - q["zero_point"]) * q["scale"]
+        while runtime.int8_threshold(value, q["scale"], q["zero_point"]) > int(t):
+            value = math.nextafter(value, -math.inf)
+        assert runtime.int8_threshold(value, q["scale"], q["zero_point"]) == int(t)
         seg["threshold_int8"] = int(t)
-    (out / "manifest.json").write_text(json.dumps(manifest))
+        manifest["thresholds"][k] = value
+    manifest_lib.seal_manifest(manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    c_sources.write_c_sources(str(out), manifest)
     return out
 
 
