@@ -45,7 +45,9 @@ def resolve_widths(widths):
     try:
         widths = list(widths)
     except TypeError:
-        raise ValueError(f"widths must be 5 channel counts (one per block), got {widths!r}.") from None
+        raise ValueError(
+            f"widths must be 5 positive channel counts (one per block), got {widths!r}."
+        ) from None
     values = []
     for w in widths:
         if isinstance(w, str):
@@ -56,7 +58,8 @@ def resolve_widths(widths):
         values.append(check_int(w, "widths", minimum=1))
     if len(values) != NUM_BLOCKS:
         raise ValueError(
-            f"widths must be 5 channel counts (one per block), got {len(values)}: {tuple(values)}."
+            f"widths must be 5 positive channel counts (one per block), got {len(values)}: "
+            f"{tuple(values)}."
         )
     return tuple(values)
 
