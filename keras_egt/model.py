@@ -181,11 +181,13 @@ class EarlyExitModel(keras.Model):
     def call(self, inputs, training=None):
         logits, maps = self._forward(inputs, training=training)
         per_exit = exit_consistencies(maps, self.stop_gradient_target)
-        penalty = weighted_consistency(
-            consistency_terms(maps, self.consistency_target, self.consistency_loss,
-                              self.stop_gradient_target),
-            self.consistency_weight,
-        )
+        if (self.consistency_target, self.consistency_loss) == ("final", "cosine"):
+            # The paper's loss is 1 - the tracked cosines: computed once per step.
+            terms = [1.0 - c for c in per_exit]
+        else:
+            terms = consistency_terms(maps, self.consistency_target, self.consistency_loss,
+                                      self.stop_gradient_target)
+        penalty = weighted_consistency(terms, self.consistency_weight)
         if penalty is not None:
             self.add_loss(penalty)
         # Keras 3 has no add_metric: the values are read back by compute_loss
