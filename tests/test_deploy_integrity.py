@@ -170,6 +170,23 @@ def test_a_caller_arena_below_the_recorded_one_is_refused_before_tflm(deployed):
         export.runtime.probe_tflm(deployed["dir"], [seg], [seg["arena_recorded_bytes"] - 1])
 
 
+def test_a_relative_folder_loads_after_the_working_directory_changes(deployed, tmp_path,
+                                                                   monkeypatch):
+    # The TFLM check runs in a long-lived child started in the first folder; the second
+    # load, from another working directory, must still find its own segments.
+    expected = export.load_cascade(deployed["dir"], runtime="tflm").predict(deployed["x"][:8])
+    for offset, name in enumerate(("first", "second")):
+        where = tmp_path / name
+        where.mkdir()
+        folder = _copy(deployed, where)
+        _edit(folder, lambda m: [s.update(arena_bytes=s["arena_bytes"] + 64 + 16 * offset)
+                                 for s in m["segments"]], reseal=True)
+        monkeypatch.chdir(where)
+        labels, exits = export.load_cascade("deploy", runtime="tflm").predict(deployed["x"][:8])
+        np.testing.assert_array_equal(labels, expected[0])
+        np.testing.assert_array_equal(exits, expected[1])
+
+
 def test_threshold_int8_of_a_string_is_a_load_error_not_a_predict_error(deployed, tmp_path):
     folder = _copy(deployed, tmp_path)
     _edit(folder, lambda m: m["segments"][0].update(threshold_int8="high"), reseal=True)

@@ -102,11 +102,11 @@ def check(job):
     process's exit code after "try K"."""
     for item in json.loads(job):
         say("try", item["index"])
-        with open(item["path"], "rb") as f:
-            model = f.read()
-        sample = np.full(tuple(item["shape"]), item["zero_point"], np.int8)
 
         def run():
+            with open(item["path"], "rb") as f:
+                model = f.read()
+            sample = np.full(tuple(item["shape"]), item["zero_point"], np.int8)
             interpreter = tflm.Interpreter.from_bytes(model, arena_size=int(item["arena"]))
             interpreter.get_input_details(0)
             for index in item.get("outputs", []):  # out of range may crash, not raise

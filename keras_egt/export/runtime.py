@@ -251,7 +251,9 @@ def probe_tflm(deploy_dir, segments, arenas):
             if (seg["sha256"], int(a)) not in _PROBED]
     if not todo:
         return
-    job = [{"path": os.path.join(os.fspath(deploy_dir), seg["file"]), "sha256": seg["sha256"],
+    # Absolute: the long-lived child keeps the working directory it was started in.
+    job = [{"path": os.path.abspath(os.path.join(os.fspath(deploy_dir), seg["file"])),
+            "sha256": seg["sha256"],
             "arena": arena, "zero_point": seg["input"]["zero_point"],
             "shape": seg["input"]["shape"], "index": seg["index"],
             "outputs": [seg["probabilities"]["output_index"]]
@@ -279,7 +281,8 @@ def probe_tflm(deploy_dir, segments, arenas):
         if word == "fail":
             raise RuntimeError(f"{where}: TFLM could not allocate or run it in {arena} bytes of "
                                f"arena: {message[-300:]}")
-        if current == seg["index"] or (returncode is not None and returncode < 0):
+        crashed = returncode is not None and (current == seg["index"] or returncode < 0)
+        if crashed:
             raise RuntimeError(
                 f"{where}: TFLM crashed (exit code {returncode}) allocating it in "
                 f"{arena} bytes of arena; the manifest's arena_bytes is too small or the "
