@@ -11,8 +11,8 @@ import sys
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("atomic", "calibration", "callbacks", "cascade", "cnn", "compiled_cascade", "costs", "datasets",
-               "evaluation", "explanations", "export", "layers", "losses", "metrics", "model", "plots", "recipe",
+_SUBMODULES = ("atomic", "budget", "calibration", "callbacks", "cascade", "cnn", "compiled_cascade", "costs", "datasets",
+               "evaluation", "explanations", "export", "layers", "losses", "mcu", "metrics", "model", "plots", "recipe",
                "stages", "tuning")
 
 # Public name -> the module that defines it.
@@ -36,6 +36,9 @@ _NAMES = {
     "WIDTH_PRESETS": "cnn",
     "EarlyExitCNN": "cnn",
     "CompiledCascade": "compiled_cascade",
+    "EarlyExitMCU": "mcu",
+    "MCU_PRESETS": "mcu",
+    "estimate_deployment": "budget",
     "split_backbone": "stages",
     "valid_cuts": "stages",
 }
@@ -76,7 +79,7 @@ def register_serializables():
     if _registered:
         return
     _registered = True
-    for name in ("layers", "model", "cnn", "callbacks", "export.segments"):
+    for name in ("layers", "model", "cnn", "mcu", "callbacks", "export.segments"):
         importlib.import_module(f"keras_egt.{name}")
 
 

@@ -1,0 +1,205 @@
+"""`EarlyExitMCU`: an early-exit network laid out for microcontrollers, as a preset family.
+
+The paper's CNN spends its multiply-accumulates evenly over five full-resolution
+blocks, so an early exit saves little and is weak (small receptive field). This
+family turns that around: the first stage gets to a coarse map cheaply
+(narrow convs, depthwise-separable blocks and max pooling, which keeps the thin
+micro-Doppler lines that a strided conv would alias away), and the wide 3x3 convs
+that hard samples need come after the early exits. Measurements behind each choice
+are in `benchmarks/mcu_design.py` and `benchmarks/RESULTS.md`.
+
+A stage is a list of blocks written as short strings:
+
+| block | layers |
+|---|---|
+| `"c16"` | 3x3 conv with 16 filters (no bias), batch norm, ReLU |
+| `"s16"` | depthwise-separable: 3x3 depthwise conv, batch norm, ReLU, 1x1 conv with 16 filters, batch norm, ReLU |
+| trailing `"p"` (`"c16p"`, `"s16p"`) | then 2x2 max pooling |
+
+All of them map to int8 TFLite builtins that TFLM and CMSIS-NN run (batch norm
+folds into the conv, ReLU fuses into it).
+"""
+
+import re
+
+import keras
+
+from keras_egt import layers as egt_layers
+from keras_egt.checks import check_number
+from keras_egt.model import EarlyExitModel
+
+__all__ = ["MCU_PRESETS", "EarlyExitMCU", "mcu_backbone", "resolve_stages"]
+
+MCU_PRESETS = {
+    # Four exits; see the module docstring and benchmarks/mcu_design.py.
+    "mcu": (("c8p", "s16p", "s32p"), ("c64",), ("c96p",), ("c128",)),
+}
+
+_BLOCK = re.compile(r"^([cs])([1-9][0-9]*)(p?)$")
+
+
+def resolve_stages(stages):
+    """Turns a preset name, a `"c8p s16p | c64"` string or nested lists into stages.
+
+    Args:
+        stages: a key of `MCU_PRESETS`, a string of blocks with stages separated by
+            `"|"`, or a sequence of stages, each a sequence of block strings (see
+            the module docstring).
+
+    Returns:
+        A tuple of stages, each a tuple of block strings; at least 2 stages.
+
+    Example:
+    >>> resolve_stages("c8p s16p | c32p | c64")
+    (('c8p', 's16p'), ('c32p',), ('c64',))
+    """
+    if isinstance(stages, str):
+        if stages in MCU_PRESETS:
+            return MCU_PRESETS[stages]
+        if not re.search(r"[|\s]", stages.strip()) and not _BLOCK.match(stages.strip()):
+            raise ValueError(
+                f"Unknown MCU preset {stages!r}; use one of {sorted(MCU_PRESETS)} or blocks "
+                "such as 'c8p s16p s32p | c64 | c96p | c128'."
+            )
+        stages = [part.split() for part in stages.split("|")]
+    try:
+        stages = tuple(tuple(str(block) for block in stage) for stage in stages)
+    except TypeError:
+        raise ValueError(
+            f"stages must be a preset name, a block string or a list of stages (lists of "
+            f"block strings), got {stages!r}."
+        ) from None
+    if len(stages) < 2 or any(not stage for stage in stages):
+        raise ValueError(
+            f"stages must hold at least 2 non-empty stages (one exit after each), got "
+            f"{stages!r}."
+        )
+    for stage in stages:
+        for block in stage:
+            if not _BLOCK.match(block):
+                raise ValueError(
+                    f"Unknown block {block!r}: write 'c<filters>' (3x3 conv), 's<filters>' "
+                    "(depthwise-separable) with an optional trailing 'p' (2x2 max pooling), "
+                    "e.g. 'c8p' or 's32'."
+                )
+    return stages
+
+
+def _pools(stages):
+    return sum(block.endswith("p") for stage in stages for block in stage)
+
+
+def mcu_backbone(input_shape, stages="mcu", batch_norm_momentum=egt_layers.BATCH_NORM_MOMENTUM,
+                 dtype=None):
+    """The backbone of `EarlyExitMCU`: stage k ends at a layer named `stage_k`.
+
+    Args:
+        input_shape: `(height, width, channels)`; height and width must survive the
+            stages' 2x2 poolings (at least 1 pixel left).
+        stages: as `resolve_stages`.
+        batch_norm_momentum: momentum of the batch norms' moving statistics.
+        dtype: the layers' dtype policy.
+
+    Returns:
+        A Functional `keras.Model`.
+
+    Example:
+    >>> backbone = mcu_backbone((64, 64, 2), "mcu")
+    >>> backbone.get_layer("stage_1").output.shape
+    (None, 8, 8, 32)
+    """
+    stages = resolve_stages(stages)
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3 or any(int(d) != d or d < 1 for d in input_shape):
+        raise ValueError(
+            f"input_shape must be (height, width, channels) of positive whole numbers, got "
+            f"{input_shape}."
+        )
+    smallest = 2 ** _pools(stages)
+    if min(input_shape[:2]) < smallest:
+        raise ValueError(
+            f"input_shape {input_shape} is too small for stages {stages}: their "
+            f"{_pools(stages)} 2x2 poolings need height and width >= {smallest}. Resize "
+            "the inputs or drop a 'p'."
+        )
+    options = {"dtype": dtype}
+    norm = {"momentum": batch_norm_momentum, **options}
+    inputs = keras.Input(tuple(int(d) for d in input_shape), name="image")
+    x = inputs
+    for k, stage in enumerate(stages, start=1):
+        for j, block in enumerate(stage, start=1):
+            kind, filters, pool = _BLOCK.match(block).groups()
+            name = f"stage_{k}_block_{j}"
+            last = j == len(stage)
+            out_name = f"stage_{k}" if last and not pool else f"{name}_relu"
+            if kind == "s":
+                x = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False,
+                                                 name=f"{name}_dw", **options)(x)
+                x = keras.layers.BatchNormalization(name=f"{name}_dw_bn", **norm)(x)
+                x = keras.layers.ReLU(name=f"{name}_dw_relu", **options)(x)
+                x = keras.layers.Conv2D(int(filters), 1, use_bias=False, name=f"{name}_pw",
+                                        **options)(x)
+            else:
+                # No conv bias: batch norm's beta plays that role (and folds away at export).
+                x = keras.layers.Conv2D(int(filters), 3, padding="same", use_bias=False,
+                                        name=f"{name}_conv", **options)(x)
+            x = keras.layers.BatchNormalization(name=f"{name}_bn", **norm)(x)
+            x = keras.layers.ReLU(name=out_name, **options)(x)
+            if pool:
+                x = keras.layers.MaxPooling2D(2, name=f"stage_{k}" if last else f"{name}_pool",
+                                              **options)(x)
+    return keras.Model(inputs, x, name="egt_mcu_backbone")
+
+
+@keras.saving.register_keras_serializable(package="keras_egt")
+class EarlyExitMCU(EarlyExitModel):
+    """An early-exit network for microcontrollers: cheap, strong early exits, width late.
+
+    An `EarlyExitModel` on `mcu_backbone` with an exit after every stage. The
+    `"mcu"` preset (four exits) fits the paper's radar board class: its int8
+    segments take well under 256 KiB of flash together and the largest needs well
+    under 64 KiB of TFLM arena (`keras_egt.budget.estimate_deployment` tells before
+    training; the export measures).
+
+    Args:
+        num_classes: number of classes.
+        input_shape: `(height, width, channels)`.
+        stages: a preset name (`"mcu"`), a block string or nested lists (see
+            `resolve_stages`).
+        consistency_weight: λ >= 0, or one λ per early exit.
+        batch_norm_momentum: momentum of the batch norms' moving statistics.
+        **kwargs: the other `EarlyExitModel` arguments (`exit_weights`,
+            `attention_hidden_channels`, `head_grid`, `consistency_target`, ...) and
+            `keras.Model` ones (`name`, `dtype`).
+
+    Example:
+    >>> model = EarlyExitMCU(num_classes=9, input_shape=(64, 64, 2))
+    >>> model.compile(optimizer="adam", metrics=["accuracy"])
+    >>> model.fit(x_train, y_train, epochs=50)
+    >>> logits = model(x)                    # four (batch, 9) tensors
+    """
+
+    def __init__(self, num_classes, input_shape, stages="mcu", consistency_weight=0.3,
+                 batch_norm_momentum=egt_layers.BATCH_NORM_MOMENTUM, **kwargs):
+        momentum = check_number(batch_norm_momentum, "batch_norm_momentum", 0, 1,
+                                include_maximum=False)
+        self.stages_spec = resolve_stages(stages)
+        backbone = mcu_backbone(input_shape, self.stages_spec, momentum,
+                                dtype=kwargs.get("dtype"))
+        super().__init__(backbone, [f"stage_{k + 1}" for k in range(len(self.stages_spec))],
+                         num_classes, consistency_weight=consistency_weight, **kwargs)
+        self._stages_arg = stages if isinstance(stages, str) and stages in MCU_PRESETS else (
+            [list(stage) for stage in self.stages_spec])
+        self.batch_norm_momentum = momentum
+
+    def get_config(self):
+        config = super().get_config()
+        for key in ("backbone", "exit_layers"):
+            config.pop(key)
+        config.update(input_shape=self.image_shape, stages=self._stages_arg,
+                      batch_norm_momentum=self.batch_norm_momentum)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
