@@ -34,10 +34,10 @@ from keras import ops
 
 __all__ = ["BudgetExceeded", "estimate_deployment", "parse_bytes"]
 
-_BASE = 690
-_PER_OUTPUT = 40
-_PER_TENSOR = 140
-_PER_OP = 40
+_BASE = 244
+_PER_OUTPUT = 64
+_PER_TENSOR = 84
+_PER_OP = 72
 _PER_CHANNEL = 12
 _ARENA_BASE = 2500
 _ARENA_PER_TENSOR = 12

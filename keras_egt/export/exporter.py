@@ -151,7 +151,7 @@ def _convert_checked(segment, calibration, k, num_classes, next_shape, previous)
         if features["shape"] != [1] + list(next_shape):
             raise ValueError(f"{name}: features have shape {features['shape']}, expected "
                              f"{[1] + list(next_shape)}.")
-    return model_bytes, info, spec_in, probabilities, features
+    return convert.strip_strings(model_bytes), info, spec_in, probabilities, features
 
 
 def _export_into(folder, model, data, thresholds, class_names, verbose, metadata=None):

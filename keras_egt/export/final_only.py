@@ -81,6 +81,7 @@ def export_final_only(model, representative_data, path):
                                    name="final-only model")
     info = convert.inspect_tflite(data)
     convert.check_full_int8(info, "final-only model")
+    data = convert.strip_strings(data)  # as the segments are
     spec = info["inputs"][0]
     arena = rt.tflm_arena_bytes(data, spec["shape"], spec["zero_point"][0])
     with atomic_output(path, ".tflite") as tmp:
