@@ -69,11 +69,6 @@ def resolve_stages(stages):
             f"stages must be a preset name, a block string or a list of stages (lists of "
             f"block strings), got {stages!r}."
         ) from None
-    if len(stages) < 2 or any(not stage for stage in stages):
-        raise ValueError(
-            f"stages must hold at least 2 non-empty stages (one exit after each), got "
-            f"{stages!r}."
-        )
     for stage in stages:
         for block in stage:
             if not _BLOCK.match(block):
@@ -82,6 +77,11 @@ def resolve_stages(stages):
                     "(depthwise-separable) with an optional trailing 'p' (2x2 max pooling), "
                     "e.g. 'c8p' or 's32'."
                 )
+    if len(stages) < 2 or any(not stage for stage in stages):
+        raise ValueError(
+            f"stages must hold at least 2 non-empty stages (one exit after each), got "
+            f"{stages!r}."
+        )
     return stages
 
 

@@ -1,8 +1,9 @@
 """Three trained early-exit models on the blob task, built and trained once per process.
 
 `test_backbones.py` and `test_costs.py` share them: the paper preset at tiny widths, a
-`keras.applications.MobileNetV2` with 4 exits and a small Functional CNN with 3 exits
-(a residual connection inside its second stage, a separable conv in its third).
+`keras.applications.MobileNetV2` with 4 exits, a small Functional CNN with 3 exits
+(a residual connection inside its second stage, a separable conv in its third) and
+the MCU family (`EarlyExitMCU`) with 3 exits and depthwise-separable blocks.
 """
 
 import atexit
@@ -21,8 +22,9 @@ IMAGE_SHAPE = (32, 32, 2)
 # At 32x32 out_relu is 1x1 (input/32): the 2x2 block_12_add makes a learnable final exit.
 MOBILENET_EXITS = ["block_2_add", "block_5_add", "block_9_add", "block_12_add"]
 FUNCTIONAL_EXITS = ["p1", "add2", "r3"]
-CASES = ("preset", "mobilenet_v2", "functional")
-EPOCHS = {"preset": 6, "mobilenet_v2": 10, "functional": 6}
+CASES = ("preset", "mobilenet_v2", "functional", "mcu")
+EPOCHS = {"preset": 6, "mobilenet_v2": 10, "functional": 6, "mcu": 6}
+MCU_STAGES = "c4p s8p | s16p | c16"
 
 
 def mobilenet_v2_backbone():
@@ -64,6 +66,9 @@ def build(name, consistency_weight=0.3, **kwargs):
     if name == "functional":
         return egt.EarlyExitModel(functional_backbone(), FUNCTIONAL_EXITS, NUM_CLASSES,
                                   consistency_weight=consistency_weight, **kwargs)
+    if name == "mcu":
+        return egt.EarlyExitMCU(NUM_CLASSES, IMAGE_SHAPE, stages=MCU_STAGES,
+                                consistency_weight=consistency_weight, **kwargs)
     raise ValueError(name)
 
 

@@ -28,7 +28,7 @@ def test_fit_with_consistency_and_plain_labels(name):
     model, history = trained(name)
     assert model.consistency_weight == 0.3
     k = model.num_exits
-    assert k == {"preset": 5, "mobilenet_v2": 4, "functional": 3}[name]
+    assert k == {"preset": 5, "mobilenet_v2": 4, "functional": 3, "mcu": 3}[name]
     for key in ["loss", "consistency", "consistency_loss"] + [
         f"exit_{i + 1}_accuracy" for i in range(k)
     ] + [f"exit_{i + 1}_consistency" for i in range(k - 1)]:

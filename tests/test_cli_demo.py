@@ -6,9 +6,15 @@ import pytest
 from keras_egt.cli import main
 
 
+def summary_preset(out):
+    return json.loads((out / "summary.json").read_text())["preset"]
+
+
 def test_demo_rejects_bad_options(capsys):
     assert main(["demo", "--widths", "1,2"]) == 2
     assert "--widths" in capsys.readouterr().err
+    assert main(["demo", "--model", "c8p q16"]) == 2
+    assert "--model: Unknown block 'q16'" in capsys.readouterr().err
     assert main(["demo", "--lambda", "0"]) == 2
     assert main(["demo", "--calibration-users", "1"]) == 2
     assert "--calibration-users" in capsys.readouterr().err
@@ -21,7 +27,7 @@ def test_demo_end_to_end_on_tiny_settings(tmp_path, monkeypatch):
     out = tmp_path / "demo"
     code = main([
         "demo", "--output", str(out), "--epochs", "1", "--num-train", "90", "--num-test", "45",
-        "--widths", "4,8,8,8,8", "--calibration-users", "4",
+        "--model", "c4p s8p | c8p | c8", "--calibration-users", "4",
     ])
     assert code == 0
     report = (out / "report.md").read_text()
@@ -32,7 +38,8 @@ def test_demo_end_to_end_on_tiny_settings(tmp_path, monkeypatch):
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"({name}.png)" in report
     manifest = json.loads((out / "deploy" / "manifest.json").read_text())
-    assert len(manifest["segments"]) == 5
+    assert len(manifest["segments"]) == 3
+    assert summary_preset(out) == "c4p s8p | c8p | c8"
     assert os.path.exists(out / "egt.keras") and os.path.exists(out / "baseline.keras")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["flash_bytes"] == sum(s["flash_bytes"] for s in manifest["segments"])

@@ -84,7 +84,7 @@ def tflite_macs(path):
 
 
 @pytest.mark.tensorflow_only
-@pytest.mark.parametrize("name", ["preset", "mobilenet_v2", "functional"])
+@pytest.mark.parametrize("name", ["preset", "mobilenet_v2", "functional", "mcu"])
 def test_segment_macs_match_the_tflite_operators(name):
     import os
 

@@ -2,6 +2,7 @@
 
     keras-egt train --data radar --lambda 0.3 --epochs 50 --output egt.keras
     keras-egt train --data my_data.npz --widths micro --lambda 0.3 --output egt.keras
+    keras-egt train --data radar --model mcu --lambda 0.3 --output egt_mcu.keras
 
 The paper's settings are the defaults: widths 64-128-256-512-512, 50 epochs, Adam at
 1e-3 halved every 15 epochs; batch size 32 (the paper does not say). Also holds the
@@ -64,6 +65,57 @@ def parse_widths(text):
     return text if text in WIDTH_PRESETS else widths
 
 
+MODEL_HELP = (
+    "the network: 'mcu' (EarlyExitMCU, four exits laid out for microcontrollers), "
+    "an MCU stages string such as 'c8p s16p s32p | c64 | c96p | c96', or the paper's "
+    "five-block EarlyExitCNN: 'paper', 'micro' or 5 comma-separated widths"
+)
+
+
+def parse_model(text):
+    """`--model` -> `("mcu", stages)` or `("cnn", widths)` (CLIError if bad).
+
+    Example:
+    >>> parse_model("mcu")
+    ('mcu', 'mcu')
+    >>> parse_model("4,8,8,16,16")
+    ('cnn', (4, 8, 8, 16, 16))
+    """
+    from keras_egt.cnn import WIDTH_PRESETS
+    from keras_egt.mcu import MCU_PRESETS, resolve_stages
+
+    text = str(text).strip()
+    if text in WIDTH_PRESETS or "," in text:
+        return "cnn", parse_widths(text)
+    try:
+        stages = resolve_stages(text)
+    except ValueError as error:
+        raise CLIError(f"--model: {error} Or use the paper's CNN: 'paper', 'micro' or 5 "
+                       "comma-separated widths.") from None
+    return "mcu", text if text in MCU_PRESETS else stages
+
+
+def build_model(model, num_classes, input_shape, consistency_weight):
+    """The untrained model that `parse_model`'s result names."""
+    import keras_egt as egt
+
+    kind, value = model
+    if kind == "mcu":
+        return egt.EarlyExitMCU(num_classes, input_shape, stages=value,
+                                consistency_weight=consistency_weight)
+    return egt.EarlyExitCNN(num_classes, input_shape, widths=value,
+                            consistency_weight=consistency_weight)
+
+
+def describe_model(model):
+    """One phrase naming a model's architecture, for messages and reports."""
+    if hasattr(model, "stages_spec"):
+        return "MCU stages " + " | ".join(" ".join(stage) for stage in model.stages_spec)
+    if hasattr(model, "widths"):
+        return f"widths {tuple(model.widths)}"
+    return f"{model.num_exits} exits at {', '.join(model.exit_layers)}"
+
+
 def load_model(path):
     """Loads a `.keras` model saved by `keras-egt train`, with a one-line error."""
     import keras
@@ -83,8 +135,9 @@ def load_model(path):
     except Exception as error:  # zip, json and deserialisation errors vary
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CLIError(f"{path}: cannot load the model ({message}).") from error
-    if not hasattr(model, "heads") or not hasattr(model, "blocks"):
-        raise CLIError(f"{path}: not a keras-egt EarlyExitCNN.")
+    if not hasattr(model, "heads") or not hasattr(model, "stages"):
+        raise CLIError(f"{path}: not a keras-egt early-exit model (EarlyExitModel, "
+                       "EarlyExitCNN or EarlyExitMCU).")
     return model
 
 
@@ -117,6 +170,8 @@ def register(subparsers):
     parser.add_argument("--widths", default="paper",
                         help="channels of the five blocks: 'paper' (64,128,256,512,512), "
                         "'micro' (8,16,32,64,64) or 5 comma-separated ints (default paper)")
+    parser.add_argument("--model", default=None,
+                        help=MODEL_HELP + " (default: the EarlyExitCNN of --widths)")
     parser.add_argument("--lambda", dest="consistency_weight", type=float, default=0.3,
                         help="λ, weight of the attention-consistency loss; 0 trains the "
                         "baseline (default 0.3)")
@@ -150,7 +205,7 @@ def train_command(args):
             raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
     if not args.learning_rate > 0:
         raise CLIError(f"--learning-rate must be > 0, got {args.learning_rate}.")
-    widths = parse_widths(args.widths)
+    architecture = parse_model(args.model) if args.model else ("cnn", parse_widths(args.widths))
     data = load_dataset(args)
 
     import keras
@@ -160,15 +215,14 @@ def train_command(args):
     (x_train, y_train), (x_test, y_test) = data
     classes = num_classes(args, y_train, y_test)
     keras.utils.set_random_seed(args.seed)
-    model = egt.EarlyExitCNN(classes, x_train.shape[1:], widths=widths,
-                             consistency_weight=args.consistency_weight)
+    model = build_model(architecture, classes, x_train.shape[1:], args.consistency_weight)
     validation = None if args.no_validation or len(x_test) == 0 else (x_test, y_test)
     egt.recipe.fit(model, x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
                    learning_rate=args.learning_rate, decay_every=args.decay_every,
                    decay_factor=args.decay_factor, validation_data=validation,
                    verbose=args.verbose)
     save_model(model, args.output)
-    print(f"Saved {args.output} (widths {model.widths}, λ = {model.consistency_weight:g}, "
+    print(f"Saved {args.output} ({describe_model(model)}, λ = {model.consistency_weight:g}, "
           f"{classes} classes, trained on {len(x_train)} samples).")
     return 0
 
