@@ -13,7 +13,7 @@ model run to its final exit only:
   before-training estimate (`keras_egt.budget`), the oracle bound.
 
     KERAS_BACKEND=tensorflow nice python benchmarks/mcu.py               # ~15 min, 2 cores
-    python benchmarks/mcu.py --model benchmarks/models/mcu/egt.keras       # reuse a model
+    python benchmarks/mcu.py --model benchmarks/models/mcu.keras       # reuse a model
 
 Writes benchmarks/results/mcu.json.
 """
@@ -32,7 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "mcu.json")
-MODEL = os.path.join(HERE, "models", "mcu", "egt.keras")
+MODELS = os.path.join(HERE, "models")
 TARGETS = {"mac_speedup": 2.5, "tflm_time_speedup": 2.2, "max_drop": 0.005,
            "final_exit_accuracy": 0.974, "flash_bytes": 256 * 1024, "arena_bytes": 64 * 1024,
            "float_vs_mac": 0.8}
@@ -103,9 +103,11 @@ def main(argv=None):
         start = time.time()
         egt.recipe.fit(model, x_train, y_train, epochs=args.epochs, verbose=2)
         train_s = time.time() - start
-        model_path = MODEL
-        os.makedirs(os.path.dirname(MODEL), exist_ok=True)
-        model.save(MODEL)
+        # Named after the results file, so that a quick run keeps the real model.
+        model_path = os.path.join(MODELS, os.path.splitext(os.path.basename(args.output))[0]
+                                  + ".keras")
+        os.makedirs(MODELS, exist_ok=True)
+        model.save(model_path)
 
     x_cal, y_cal, users_cal = radar_gestures.load_calibration_data(
         num_users=args.calibration_users,
@@ -124,7 +126,8 @@ def main(argv=None):
         settings = {"preset": args.stages, "architecture": describe_model(model)}
         summary, text = demo._deployment_summary(settings, model, deploy, x_train[:256],
                                                  x_test, y_test, work, reports)
-        split = split_overhead.measure(model, x_train[:128], x_test[:200], work)
+        split = split_overhead.measure(model, x_train[:128], x_test[:200],
+                                       os.path.join(work, "split"))
 
     job = {"model": os.path.abspath(model_path), "samples": args.timing_samples,
            "thresholds": {"threshold_0.9": 0.9,

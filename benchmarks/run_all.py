@@ -34,6 +34,8 @@ BENCHMARKS = [
                                             "benchmarks/results/compiled_cascade_quick.json"]),
     ("benchmarks/reproduce.py", [], ["--quick"]),
     ("benchmarks/backbones.py", [], ["--quick"]),
+    ("benchmarks/mcu.py", [], ["--epochs", "1", "--timing-samples", "10", "--calibration-users", "20",
+                               "--output", "benchmarks/results/mcu_quick.json"]),
     # The same sweep at micro widths: the deployable model, and 50 epochs that a
     # 2-core CPU finishes in well under an hour. No quick variant (the one above is it).
     ("benchmarks/reproduce.py", ["--widths", "micro", "--output", "benchmarks/results/reproduction_micro.json"], None),
@@ -533,6 +535,79 @@ def _section_backbones(lines):
     ]
 
 
+def _section_mcu(lines):
+    """Issue 12 first: does early exit pay off on the MCU preset, where it runs?"""
+    data = _load("mcu")
+    if not data:
+        return
+    t, settings = data["targets"], data["settings"]
+    stages = " | ".join(" ".join(s) for s in settings["stages"]) if settings["stages"] else "?"
+    rows = []
+    for name, c in data["cascades"].items():
+        checks = {
+            "MACs": c["mac_speedup"] >= t["mac_speedup"],
+            "TFLM time": c["tflm_time_speedup"] >= t["tflm_time_speedup"],
+            "drop": c["drop"] <= t["max_drop"],
+            "final exit": c["final_exit_accuracy"] >= t["final_exit_accuracy"],
+        }
+        for backend in ("tensorflow", "jax"):
+            value = c.get(f"float_time_speedup_{backend}")
+            if value is not None:
+                checks[f"float {backend}"] = value >= t["float_vs_mac"] * c["mac_speedup"]
+        missed = [k for k, ok in checks.items() if not ok]
+        jax = c.get("float_time_speedup_jax")
+        rows.append(
+            f"| {name} | {c['mac_speedup']:.2f}x | {c['tflm_time_speedup']:.2f}x | "
+            f"{c['float_time_speedup_tensorflow']:.2f}x | {'–' if jax is None else f'{jax:.2f}x'} | "
+            f"{100 * c['accuracy']:.2f} / {100 * c['final_exit_accuracy']:.2f} "
+            f"({-100 * c['drop']:+.2f}) | {100 * c['tflm_accuracy']:.2f} | "
+            f"{c['oracle_speedup']:.2f}x | "
+            + ("all met" if not missed else "**NOT met**: " + ", ".join(missed)) + " |")
+    split = data["split_overhead"]
+    estimate = data["estimate"]
+    lines += [
+        "## Early exit where it runs: the MCU preset (benchmarks/mcu.py)",
+        "",
+        f"`EarlyExitMCU` stages `{stages}` (the demo's default), {settings['epochs']} epochs of "
+        f"the paper's recipe, λ = {settings['lambda']:g}, seed {settings['seed']}, on "
+        f"{data['machine']['cpus']} CPU cores; test set of unseen users; speedups against the "
+        "same model run to its final exit only (float: every stage and the last head as one "
+        "compiled call; TFLM: the unsplit int8 final-only model from the same converter "
+        "path). Targets: MACs ≥ "
+        f"{t['mac_speedup']}x, TFLM batch-1 time ≥ {t['tflm_time_speedup']}x, float batch-1 "
+        f"time ≥ {t['float_vs_mac']} × the MAC speedup, accuracy within "
+        f"{100 * t['max_drop']:.1f} point of the final exit, final exit ≥ "
+        f"{100 * t['final_exit_accuracy']:.1f}%. The paper: 1.97x (its wall clock, GPU).",
+        "",
+        "| Cascade | MAC speedup | TFLM time speedup | float TF | float JAX | Acc. / final exit (%) "
+        "| TFLM acc. (%) | Oracle | Targets |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Flash {data['flash_bytes'] / 1024:.1f} KiB (all segments; estimated before training "
+        f"{estimate['total_flash_bytes'] / 1024:.1f}), largest TFLM arena "
+        f"{data['arena_bytes'] / 1024:.1f} KiB (estimated {estimate['max_arena_bytes'] / 1024:.1f}); "
+        f"without early exit {data['final_only_flash_bytes'] / 1024:.1f} / "
+        f"{data['final_only_arena_bytes'] / 1024:.1f} KiB. Budget ≤ {t['flash_bytes'] // 1024} / "
+        f"{t['arena_bytes'] // 1024} KiB: "
+        + _met(data["flash_bytes"] <= t["flash_bytes"] and data["arena_bytes"] <= t["arena_bytes"])
+        + ".",
+        "",
+        f"Split overhead on TFLM (all segments back to back vs the unsplit final-only model, "
+        f"thread CPU time, {split['samples']} samples): "
+        f"{100 * split['split_overhead_vs_final_only_runtime']:+.1f}% through the runtime, of which "
+        f"early heads {100 * split['early_heads_overhead_time']:+.1f}%, cuts "
+        f"{100 * split['cut_overhead_time']:+.1f}%, Python {100 * split['python_overhead_time']:+.1f}% "
+        f"(target ≤ +5%: {_met(split['split_overhead_vs_final_only_runtime'] <= 0.05)}).",
+        "",
+        data["tflm_table"],
+        "",
+        "Design evidence (each choice measured): `benchmarks/results/mcu_design.json`, summarised "
+        "in the `keras_egt/mcu.py` docstring. Every figure: `benchmarks/results/mcu.json`.",
+        "",
+    ]
+
+
 def write_report(path=os.path.join(HERE, "RESULTS.md")):
     """Writes RESULTS.md from benchmarks/results/*.json."""
     lines = [
@@ -545,6 +620,7 @@ def write_report(path=os.path.join(HERE, "RESULTS.md")):
         "Each JSON file records the machine it was measured on (some were run on a GPU machine).",
         "",
     ]
+    _section_mcu(lines)
     _section_targets(lines)
     _section_train_step(lines)
     for name, label in REPRODUCTIONS:
