@@ -64,6 +64,18 @@ def parse_widths(text):
     return text if text in WIDTH_PRESETS else widths
 
 
+def parse_size(text, option):
+    """A size option such as `--flash-budget 256KiB` -> bytes (None stays None; CLIError if bad)."""
+    if text is None:
+        return None
+    from keras_egt.budget import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as error:
+        raise CLIError(f"{option}: {error}") from None
+
+
 def load_model(path):
     """Loads a `.keras` model saved by `keras-egt train`, with a one-line error."""
     import keras
