@@ -6,13 +6,16 @@ int8 segments and the RAM that holds the largest segment's TFLM arena.
 family (`MCUSearchSpace`: candidate blocks per stage, and the exit heads' attention
 width) besides λ, and which turns the budget and an accuracy floor into the search:
 
-* `build` estimates the trial's int8 flash and arena (`keras_egt.budget`) and
-  rejects it, before any training, with `keras_tuner.errors.FailedTrialError`
-  when either is over its budget. KerasTuner marks the trial FAILED and goes on,
-  but stops a search after `max_consecutive_failed_trials` failures in a row (3
-  by default): pass `max_consecutive_failed_trials=None` to the tuner, so that a
-  run of rejections cannot end the search. Rejected trials count toward
-  `max_trials`; they cost a model build each, not a training.
+* `fit` estimates the trial's int8 flash and arena (`keras_egt.budget`) from the
+  model `build` made and rejects it, before any training, with
+  `keras_tuner.errors.FailedTrialError` when either is over its budget. (Not in
+  `build`: KerasTuner also builds the space's default architecture when a tuner is
+  created, which must work whatever the budget.) KerasTuner marks the trial FAILED
+  and goes on, but stops a search after `max_consecutive_failed_trials` failures in
+  a row (3 by default): pass `max_consecutive_failed_trials=None` to the tuner, so
+  that a run of rejections cannot end the search. Rejected trials count toward
+  `max_trials`; each costs a model build, not a training. KerasTuner prints each
+  failed trial's traceback.
 * every epoch logs, besides `CascadeMetrics`' figures, `val_flash_bytes` and
   `val_arena_bytes` (the estimates) and `val_budget_speedup` (see `budget_score`):
   the validation cascade's MAC speedup when its accuracy reaches the floor, else
@@ -270,13 +273,14 @@ class BudgetedHyperModel(tuning.EGTHyperModel):
     search cannot mix trials judged by other rules, `flash_budget`, `arena_budget`
     and `accuracy_floor`.
 
-    `build` raises `keras_tuner.errors.FailedTrialError` (the trial is FAILED, the
-    search goes on) when the model's estimated int8 flash (all segments) or TFLM
-    arena (the largest segment's) is over its budget, naming the estimate and the
-    budget; other errors stop the search (`keras_tuner.errors.FatalError`). Give the
-    tuner `max_consecutive_failed_trials=None`, so a run of rejections does not
-    stop it (see the module docstring). `fit` adds `BudgetMetrics` to the trial's
-    callbacks.
+    `fit` raises `keras_tuner.errors.FailedTrialError` (the trial is FAILED, the
+    search goes on) before training when the model's estimated int8 flash (all
+    segments) or TFLM arena (the largest segment's) is over its budget, naming the
+    estimate and the budget, and otherwise trains as `EGTHyperModel.fit` with
+    `BudgetMetrics` added. An error in `build` stops the search
+    (`keras_tuner.errors.FatalError`). Give the tuner
+    `max_consecutive_failed_trials=None`, so a run of rejections does not stop it
+    (see the module docstring).
 
     Args:
         num_classes: number of classes.
@@ -348,7 +352,7 @@ class BudgetedHyperModel(tuning.EGTHyperModel):
 
     def build(self, hp):
         try:
-            model = super().build(hp)
+            return super().build(hp)
         except (kt.errors.FatalError, kt.errors.FailedTrialError):
             raise
         except Exception as error:
@@ -357,8 +361,19 @@ class BudgetedHyperModel(tuning.EGTHyperModel):
             raise kt.errors.FatalError(
                 f"Building the trial with {hp.values} failed: {type(error).__name__}: {error}"
             ) from error
+
+    def check_budget(self, hp, model):
+        """The estimate of `model` if within budget; else raises `FailedTrialError`.
+
+        Args:
+            hp: the trial's hyperparameters (named in the message).
+            model: the model `build` returned.
+
+        Returns:
+            The `keras_egt.budget.estimate_deployment` dict.
+        """
         try:
-            budget.check_budget(model, self.flash_budget, self.arena_budget)
+            return budget.check_budget(model, self.flash_budget, self.arena_budget)
         except budget.BudgetExceeded as error:
             architecture = self.space.declare(hp)
             raise _OverBudget(
@@ -366,11 +381,26 @@ class BudgetedHyperModel(tuning.EGTHyperModel):
                 f"{architecture['attention_hidden_channels']}): {error} Budget: "
                 f"flash {_limit(self.flash_budget)}, arena {_limit(self.arena_budget)}."
             ) from None
-        return model
 
     def fit(self, hp, model, *args, callbacks=None, **kwargs):
-        """Trains one trial as `EGTHyperModel.fit` does, logging `BudgetMetrics` too."""
-        metrics = BudgetMetrics(budget.estimate_deployment(model), self.accuracy_floor)
+        """Rejects an over-budget trial, else trains it as `EGTHyperModel.fit` does.
+
+        Args:
+            hp: the trial's hyperparameters.
+            model: the model `build` returned.
+            *args, **kwargs: as `EGTHyperModel.fit` (`x`, `y`, `validation_data`,
+                `epochs`, ...).
+            callbacks: the search's callbacks.
+
+        Returns:
+            The `History` of `model.fit`.
+
+        Raises:
+            keras_tuner.errors.FailedTrialError: the estimate is over budget; nothing
+                was trained.
+        """
+        estimate = self.check_budget(hp, model)
+        metrics = BudgetMetrics(estimate, self.accuracy_floor)
         # EGTHyperModel.fit puts CascadeMetrics first, so this one comes right after it.
         return super().fit(hp, model, *args, callbacks=[metrics, *(callbacks or [])], **kwargs)
 

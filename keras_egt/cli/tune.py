@@ -110,6 +110,13 @@ def register(subparsers):
     search.add_argument("--accuracy-floor", type=float, default=None,
                         help="validation cascade accuracy a trial must reach, as a fraction "
                         f"(default {DEFAULT_ACCURACY_FLOOR:g})")
+    search.add_argument("--stages", default=None, metavar="CANDIDATES",
+                        help="candidate blocks per stage: stages separated by '|', a stage's "
+                        "candidates by ',', e.g. 'c8p s16p s32p, c8p s12p s24p | c64, c48 c48 | "
+                        "c96p | c128' (default: 4 stages around the mcu preset)")
+    search.add_argument("--head-channels", default=None, metavar="INTS",
+                        help="candidate attention widths of the exit heads, comma-separated "
+                        "(default 8,16)")
     search.add_argument("--timing-samples", type=int, default=100,
                         help="samples timed (batch 1) per Pareto-front trial for the time "
                         "speedup (default 100)")
@@ -156,6 +163,7 @@ def _check_args(args):
         if args.objective not in (None, "budget_speedup"):
             raise CLIError(f"the budgeted search ranks trials by budget_speedup, got "
                            f"--objective {args.objective}.")
+        args.space = _space(args.stages, args.head_channels)
         args.flash_budget = common.parse_size(args.flash_budget, "--flash-budget")
         args.arena_budget = common.parse_size(args.arena_budget, "--arena-budget")
         if args.accuracy_floor is None:
@@ -166,14 +174,38 @@ def _check_args(args):
         defaults = dict(lambdas=DEFAULT_ARCH_LAMBDAS, tuner="random",
                         objective="budget_speedup", project_name="mcu")
     else:
-        if args.objective == "budget_speedup" or args.accuracy_floor is not None:
-            raise CLIError("budget_speedup and --accuracy-floor belong to the budgeted "
-                           "search: give --flash-budget and/or --arena-budget.")
+        if (args.objective == "budget_speedup" or args.accuracy_floor is not None
+                or args.stages is not None or args.head_channels is not None):
+            raise CLIError("budget_speedup, --accuracy-floor, --stages and --head-channels "
+                           "belong to the budgeted search: give --flash-budget and/or "
+                           "--arena-budget.")
         defaults = dict(lambdas=DEFAULT_LAMBDAS, tuner="grid", objective="score",
                         project_name="lambda", widths="paper")
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, ",".join(f"{v:g}" for v in value) if name == "lambdas" else value)
+
+
+def _space(stages, head_channels):
+    """The `MCUSearchSpace` of --stages and --head-channels (CLIError if bad)."""
+    from keras_egt import arch_search
+
+    options = {}
+    if stages is not None:
+        options["stages"] = [[c.strip() for c in stage.split(",") if c.strip()]
+                             for stage in stages.split("|")]
+    if head_channels is not None:
+        try:
+            options["attention_hidden_channels"] = [int(v) for v in head_channels.split(",")
+                                                    if v.strip()]
+        except ValueError:
+            raise CLIError(f"--head-channels must be comma-separated whole numbers, got "
+                           f"{head_channels!r}.") from None
+    try:
+        return arch_search.MCUSearchSpace(**options)
+    except ValueError as error:
+        option = "--head-channels" if "attention_hidden_channels" in str(error) else "--stages"
+        raise CLIError(f"{option}: {error}") from None
 
 
 def tune_command(args):
@@ -265,7 +297,7 @@ def _budgeted_search(args, x, y, num_classes, lambdas, rates):
     from keras_egt import arch_search, tuning
 
     hypermodel = arch_search.BudgetedHyperModel(
-        num_classes, x.shape[1:], flash_budget=args.flash_budget,
+        num_classes, x.shape[1:], space=args.space, flash_budget=args.flash_budget,
         arena_budget=args.arena_budget, accuracy_floor=args.accuracy_floor, lambdas=lambdas,
         learning_rates=rates, threshold=args.threshold)
     # Rejections are FAILED trials: none may stop the search. Any other error in a
