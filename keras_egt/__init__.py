@@ -11,7 +11,7 @@ import sys
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("atomic", "budget", "calibration", "callbacks", "cascade", "cnn", "compiled_cascade", "costs", "datasets",
+_SUBMODULES = ("arch_search", "atomic", "budget", "calibration", "callbacks", "cascade", "cnn", "compiled_cascade", "costs", "datasets",
                "evaluation", "explanations", "export", "layers", "losses", "mcu", "metrics", "model", "plots", "recipe",
                "stages", "tuning")
 
@@ -39,6 +39,9 @@ _NAMES = {
     "EarlyExitMCU": "mcu",
     "MCU_PRESETS": "mcu",
     "estimate_deployment": "budget",
+    "BudgetedHyperModel": "arch_search",
+    "MCUSearchSpace": "arch_search",
+    "budget_results": "arch_search",
     "split_backbone": "stages",
     "valid_cuts": "stages",
 }

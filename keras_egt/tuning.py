@@ -61,7 +61,9 @@ def objective(name):
     Args:
         name: `"score"` (harmonic mean of validation cascade accuracy and
             consistency), `"consistency"`, `"cascade_accuracy"`, `"final_accuracy"`
-            (the final exit alone) or `"cascade_speedup"` (MACs, at equal threshold).
+            (the final exit alone), `"cascade_speedup"` (MACs, at equal threshold)
+            or `"budget_speedup"` (the MAC speedup subject to an accuracy floor;
+            logged by `keras_egt.arch_search.BudgetedHyperModel` only).
 
     Returns:
         A `keras_tuner.Objective` to pass as a tuner's `objective`.
@@ -570,7 +572,7 @@ def _fmt(value, scale=1, digits=3):
     return "–" if value is None else f"{scale * value:.{digits}f}"
 
 
-def results_table(tuner):
+def results_table(tuner, skip_failed=None):
     """What every completed trial of a search logged, as the paper's Table I.
 
     The figures are those of each trial's best epoch by the tuner's objective (the
@@ -578,6 +580,9 @@ def results_table(tuner):
 
     Args:
         tuner: a KerasTuner tuner that searched an `EGTHyperModel`.
+        skip_failed: None, or a function `trial -> bool`: the failed trials it
+            returns True for are left out instead of raising (the over-budget
+            trials of `keras_egt.arch_search`, rejected on purpose).
 
     Returns:
         A `ResultsTable`: dicts with `trial_id`, `consistency_weight` (λ),
@@ -587,7 +592,8 @@ def results_table(tuner):
         and `best_step` (0-based epoch).
 
     Raises:
-        RuntimeError: a trial failed or was invalid (its message is quoted).
+        RuntimeError: a trial failed (and `skip_failed` does not skip it) or was
+            invalid (its message is quoted).
         keras_tuner.errors.FatalValueError: the tuner's directory holds another
             search's trials (see `EGTHyperModel.check_space`).
 
@@ -599,6 +605,8 @@ def results_table(tuner):
     rows = ResultsTable()
     for trial_id, trial in sorted(tuner.oracle.trials.items()):
         status = str(trial.status)
+        if status == "FAILED" and skip_failed is not None and skip_failed(trial):
+            continue
         if status in ("FAILED", "INVALID"):
             message = (trial.message or "").strip().splitlines()
             raise RuntimeError(

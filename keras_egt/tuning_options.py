@@ -11,4 +11,11 @@ OBJECTIVES = {
     "cascade_accuracy": ("val_cascade_accuracy", "max"),
     "final_accuracy": ("val_final_accuracy", "max"),
     "cascade_speedup": ("val_cascade_speedup", "max"),
+    # Logged by keras_egt.arch_search.BudgetedHyperModel only: the MAC speedup of a
+    # trial at or above the accuracy floor, a negative shortfall below it.
+    "budget_speedup": ("val_budget_speedup", "max"),
 }
+
+# keras_egt.arch_search.BudgetedHyperModel's defaults, for the command line too.
+DEFAULT_ARCH_LAMBDAS = (0.3,)
+DEFAULT_ACCURACY_FLOOR = 0.9

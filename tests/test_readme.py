@@ -13,6 +13,7 @@ _SUBSTITUTIONS = [
     (r'widths="paper"', "widths=(4, 8, 8, 8, 8)"),
     (r"epochs=50", "epochs=1"),
     (r"num_users=500", "num_users=4"),
+    (r"max_trials=30", "max_trials=3"),
 ]
 
 

@@ -67,7 +67,7 @@ def parse_widths(text):
 
 MODEL_HELP = (
     "the network: 'mcu' (EarlyExitMCU, four exits laid out for microcontrollers), "
-    "an MCU stages string such as 'c8p s16p s32p | c64 | c96p | c96', or the paper's "
+    "an MCU stages string such as 'c8p s16p s32p | c64 | c96 | c96p', or the paper's "
     "five-block EarlyExitCNN: 'paper', 'micro' or 5 comma-separated widths"
 )
 
@@ -114,6 +114,18 @@ def describe_model(model):
     if hasattr(model, "widths"):
         return f"widths {tuple(model.widths)}"
     return f"{model.num_exits} exits at {', '.join(model.exit_layers)}"
+
+
+def parse_size(text, option):
+    """A size option such as `--flash-budget 256KiB` -> bytes (None stays None; CLIError if bad)."""
+    if text is None:
+        return None
+    from keras_egt.budget import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as error:
+        raise CLIError(f"{option}: {error}") from None
 
 
 def load_model(path):
