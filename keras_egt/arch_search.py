@@ -55,8 +55,8 @@ __all__ = [
 DEFAULT_STAGE_CANDIDATES = (
     ("c8p s16p s32p", "c8p s12p s24p", "c8p s24p s48p"),
     ("c64", "c48", "c48 c48"),
-    ("c96p", "c64p", "c64 c64p"),
-    ("c128", "c96", "c96 c96"),
+    ("c96", "c64", "c64 c64"),
+    ("c96p", "c64p", "c128p"),
 )
 DEFAULT_HEAD_CHANNELS = (8, 16)
 

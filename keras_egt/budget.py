@@ -32,7 +32,7 @@ import numpy as np
 from keras import layers as keras_layers
 from keras import ops
 
-__all__ = ["BudgetExceeded", "estimate_deployment", "parse_bytes"]
+__all__ = ["BudgetExceeded", "check_budget", "estimate_deployment", "parse_bytes"]
 
 _BASE = 244
 _PER_OUTPUT = 64
