@@ -30,6 +30,8 @@ CANDIDATES = {
     "micro": "c8p | c16p | c32p | c64p | c64",
     # Max pooling after cheap depthwise-separable blocks before exit 1, width late.
     "D": "c8p s16p s32p | c64 | c96p | c128",
+    # Separable blocks after exit 1 as well.
+    "F": "c8p s16p s32p | s64 s64 | c96p | c128",
     "G": "c8p s16p s32p | c64 | c96p | c96",
     "H": "c8p s24p s48p | c64 | c96p | c96",
     "I": "c8p s16p s32p | c64 c96p | c128",

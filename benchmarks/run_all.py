@@ -608,6 +608,38 @@ def _section_mcu(lines):
     ]
 
 
+def _section_mcu_design(lines):
+    """The candidate layouts behind the MCU preset (benchmarks/mcu_design.py)."""
+    path = os.path.join(HERE, "results", "mcu_design.jsonl")
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    lines += [
+        "## The MCU preset's design runs (benchmarks/mcu_design.py)",
+        "",
+        "λ = 0.3, seed 0, float cascade at threshold 0.9 on the radar test users; one run each "
+        "(differences of a few tenths of a point are within seed noise). The chosen preset is N.",
+        "",
+        "| Candidate | Stages | Epochs | Exit accuracy (%) | Acc. / final (%) | MAC speedup "
+        "| Exit 1 MACs (share) | Oracle | Est. flash / arena (KiB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        stages = (f"`{r['stages']}`" if r["stages"] else r["note"].split(": ", 1)[-1])
+        stages = stages.replace("|", "\\|")  # not a column break
+        size = ("–" if "estimated_flash_bytes" not in r else
+                f"{r['estimated_flash_bytes'] / 1024:.0f} / {r['estimated_arena_bytes'] / 1024:.0f}")
+        lines.append(
+            f"| {r['name']} | {stages} | {r['epochs']} | "
+            + " / ".join(f"{100 * a:.1f}" for a in r["exit_accuracy"])
+            + f" | {100 * r['accuracy']:.2f} / {100 * r['final_accuracy']:.2f} | "
+            f"{r['mac_speedup']:.2f}x | {r['exit_macs'][0] / 1e6:.2f} M "
+            f"({100 * r['exit_macs'][0] / r['final_only_macs']:.0f}%) | {r['oracle_speedup']:.2f}x | "
+            f"{size} |")
+    lines.append("")
+
+
 def write_report(path=os.path.join(HERE, "RESULTS.md")):
     """Writes RESULTS.md from benchmarks/results/*.json."""
     lines = [
@@ -621,6 +653,7 @@ def write_report(path=os.path.join(HERE, "RESULTS.md")):
         "",
     ]
     _section_mcu(lines)
+    _section_mcu_design(lines)
     _section_targets(lines)
     _section_train_step(lines)
     for name, label in REPRODUCTIONS:

@@ -20,6 +20,8 @@ in `benchmarks/results/mcu_design.jsonl`, made by `benchmarks/mcu_design.py`):
   pool (`c96 | c96p`): 77% of the MACs are spent after exit 2, where only the ~13%
   hard samples go, and the final exit rose from 96.77% (the same convs at 4x4) to
   97.29% (50 epochs). Cascade: 4.85x fewer MACs at 97.21% (-0.08 point); oracle 8.8x.
+* **Full 3x3 convs after exit 1.** Separable blocks there too (`s64 s64`) cost the
+  final exit 3 points (93.6% vs 96.7%, 30 epochs).
 * **Four exits.** Three (exit 2 after `c64 c96p`) left exit 2 too dear: 1.93x vs 2.72x.
 * **Fits the board.** Int8: 222 KiB of flash for the four segments, largest TFLM
   arena 44 KiB (`keras_egt.budget` estimates both before training).
