@@ -34,6 +34,7 @@ BENCHMARKS = [
                                             "benchmarks/results/compiled_cascade_quick.json"]),
     ("benchmarks/reproduce.py", [], ["--quick"]),
     ("benchmarks/backbones.py", [], ["--quick"]),
+    ("benchmarks/mcu_design.py", ["--epochs", "50", "--names", "G", "K", "M", "N"], None),
     ("benchmarks/mcu.py", [], ["--epochs", "1", "--timing-samples", "10", "--calibration-users", "20",
                                "--output", "benchmarks/results/mcu_quick.json"]),
     # The same sweep at micro widths: the deployable model, and 50 epochs that a
@@ -602,7 +603,7 @@ def _section_mcu(lines):
         "",
         data["tflm_table"],
         "",
-        "Design evidence (each choice measured): `benchmarks/results/mcu_design.json`, summarised "
+        "Design evidence (each choice measured): `benchmarks/results/mcu_design.jsonl` (next section), summarised "
         "in the `keras_egt/mcu.py` docstring. Every figure: `benchmarks/results/mcu.json`.",
         "",
     ]
