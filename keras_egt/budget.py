@@ -144,37 +144,16 @@ def _elements(shape):
 
 def _trace_stage(stage, x, segment, source):
     """Runs `stage` on `x` once and adds its operators to `segment`; returns (y, tensor)."""
-    from keras_egt.costs import _leaves
+    from keras_egt.costs import trace_leaf_calls
 
     calls = []
-    patched = []
-    keep_alive = []
+    keep_alive = []  # ids must not be reused during the trace
 
-    def watch(layer):
-        original = layer.call
+    def record(layer, inputs, output):
+        keep_alive.extend(inputs + [output])
+        calls.append((layer, [id(t) for t in inputs], id(output), tuple(output.shape)))
 
-        def call(*args, **kwargs):
-            outputs = original(*args, **kwargs)
-            tensors = [a for a in args if hasattr(a, "shape")]
-            if len(tensors) == 1 and isinstance(args[0], (list, tuple)):
-                tensors = list(args[0])
-            if isinstance(args[0], (list, tuple)) and not tensors:
-                tensors = [a for a in args[0] if hasattr(a, "shape")]
-            first = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
-            keep_alive.extend(tensors + [first])  # ids must not be reused during the trace
-            calls.append((layer, [id(t) for t in tensors], id(first), tuple(first.shape)))
-            return outputs
-
-        layer.call = call
-        patched.append(layer)
-
-    try:
-        for leaf in _leaves(stage):
-            watch(leaf)
-        y = stage(x, training=False)
-    finally:
-        for layer in patched:
-            del layer.call
+    y = trace_leaf_calls(stage, x, record)
     where = {id(x): source}
     fusable = set()   # tensors written by a conv or dense (a BN or ReLU after folds in)
     for layer, inputs, output, shape in calls:

@@ -85,11 +85,20 @@ def _leaves(layer):
     return [c for c in children if not list(c._flatten_layers(include_self=False))] or [layer]
 
 
-def _record_macs(part, x):
-    """Runs `part` on `x` once and sums `layer_macs` over the leaf layers it calls."""
+def trace_leaf_calls(part, x, on_call):
+    """Runs `part` on `x` once (inference mode), reporting every leaf layer call.
+
+    Args:
+        part: a stage (layer or Functional model) or an `ExitHead`.
+        x: its input tensor.
+        on_call: `on_call(layer, inputs, output)` after each leaf call, with the
+            tensors it read (a list) and the first tensor it returned.
+
+    Returns:
+        The outputs of `part(x)`.
+    """
     from keras_egt.layers import ExitHead
 
-    total = [0]
     patched = []
 
     def watch(layer):
@@ -98,25 +107,36 @@ def _record_macs(part, x):
         def call(*args, **kwargs):
             outputs = original(*args, **kwargs)
             tensors = [a for a in args if hasattr(a, "shape")]
-            if len(tensors) == 1 and isinstance(args[0], (list, tuple)):
-                tensors = list(args[0])
+            if not tensors and args and isinstance(args[0], (list, tuple)):
+                tensors = [a for a in args[0] if hasattr(a, "shape")]
             if tensors:
-                first = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
-                total[0] += layer_macs(layer, [tuple(t.shape) for t in tensors], tuple(first.shape))
+                on_call(layer, tensors, outputs[0] if isinstance(outputs, (list, tuple))
+                        else outputs)
             return outputs
 
         layer.call = call
         patched.append(layer)
 
-    heads = [part] if isinstance(part, ExitHead) else []
     try:
         for leaf in _leaves(part):
             watch(leaf)
-        outputs = part(x, training=False) if not heads else part(x)
+        return part(x) if isinstance(part, ExitHead) else part(x, training=False)
     finally:
         for layer in patched:
             del layer.call
-    for head in heads:
+
+
+def _record_macs(part, x):
+    """Runs `part` on `x` once and sums `layer_macs` over the leaf layers it calls."""
+    from keras_egt.layers import ExitHead
+
+    total = [0]
+
+    def count(layer, inputs, output):
+        total[0] += layer_macs(layer, [tuple(t.shape) for t in inputs], tuple(output.shape))
+
+    outputs = trace_leaf_calls(part, x, count)
+    if isinstance(part, ExitHead):
         _, h, w, c = x.shape
         total[0] += 2 * int(h) * int(w) * int(c)
     return total[0], outputs
