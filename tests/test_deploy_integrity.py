@@ -237,6 +237,48 @@ def _stale(tmp_path, pid=None):
     return sorted(n for n in os.listdir(tmp_path) if ".tmp-" in n or ".old-" in n), temp
 
 
+_ORPHAN_PARENT = """
+import sys, time
+from keras_egt.export import _lifetime
+_lifetime.run_child([sys.executable, "-c", sys.argv[1], sys.argv[2]])
+"""
+
+_ORPHAN_WORKER = """
+import os, signal, sys, time
+from keras_egt.export import _lifetime
+_lifetime.watch_parent(grace_seconds=30)
+# A library that replaced our SIGTERM handler: the parent's death does not interrupt us.
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+open(sys.argv[1] + ".started", "w").close()
+while not os.path.exists(sys.argv[1] + ".go"):
+    time.sleep(0.05)
+try:
+    _lifetime.check_parent()
+    outcome = "published"
+except _lifetime.Terminated:
+    outcome = "refused"
+open(sys.argv[1], "w").write(outcome)
+"""
+
+
+def test_an_orphaned_worker_does_not_publish_even_with_sigterm_ignored(tmp_path):
+    flag = str(tmp_path / "outcome")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    parent = subprocess.Popen([sys.executable, "-c", _ORPHAN_PARENT, _ORPHAN_WORKER, flag],
+                              env=env)
+    deadline = time.time() + 60
+    while not os.path.exists(flag + ".started") and time.time() < deadline:
+        time.sleep(0.05)
+    assert os.path.exists(flag + ".started"), "the worker did not start"
+    parent.kill()
+    parent.wait()
+    open(flag + ".go", "w").close()
+    while not os.path.exists(flag) and time.time() < deadline:
+        time.sleep(0.05)
+    with open(flag) as f:
+        assert f.read() == "refused"
+
+
 @pytest.mark.parametrize("backend, sig", [("tensorflow", signal.SIGTERM),
                                           ("jax", signal.SIGKILL)])
 def test_a_killed_export_leaves_nothing_after_the_next_run(deployed, tmp_path, backend, sig):

@@ -17,6 +17,7 @@ import sys
 import threading
 
 _PR_SET_PDEATHSIG = 1
+_watched_parent = None  # the parent's pid, in a child that runs `watch_parent`
 
 
 def _die_with_parent():
@@ -112,6 +113,8 @@ def watch_parent(grace_seconds=60):
     up) and, should the main thread be stuck in native code, exits after
     `grace_seconds`. No polling.
     """
+    global _watched_parent
+    _watched_parent = os.getppid()
 
     def watch():
         try:
@@ -124,6 +127,18 @@ def watch_parent(grace_seconds=60):
         os._exit(143)
 
     threading.Thread(target=watch, name="keras_egt-watch-parent", daemon=True).start()
+
+
+def check_parent():
+    """Raises `Terminated` in a child whose parent (see `watch_parent`) is gone.
+
+    Called right before a result is published: the SIGTERM of the parent's death is
+    asynchronous, and a library may have replaced our handler while the work ran, so
+    an orphan must not rely on it to stop before the rename (an orphan is re-parented,
+    which `os.getppid` shows at once).
+    """
+    if _watched_parent is not None and os.getppid() != _watched_parent:
+        raise Terminated(128 + signal.SIGTERM)
 
 
 def _alive(pid):

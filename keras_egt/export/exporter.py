@@ -72,6 +72,7 @@ def _check_out_dir(out_dir, overwrite):
 
 def _publish(tmp_dir, out_dir):
     """Moves the finished folder into place (renames only; the old one goes last)."""
+    _lifetime.check_parent()
     trash = None
     if os.path.exists(out_dir):
         trash = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-{os.getpid()}-",

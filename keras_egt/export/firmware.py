@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_egt import atomic
+
 __all__ = [
     "CLOCK_HZ",
     "FirmwareMismatchError",
@@ -708,7 +710,7 @@ def run_firmware(deploy_dir, x=None, output=None, tflm_dir=None, cache_dir=None,
     }
     if output is not False:
         path = os.path.join(deploy_dir, FIRMWARE_JSON) if output is None else os.fspath(output)
-        _write_json(path, report)
+        atomic.write_text(path, json.dumps(report, indent=1) + "\n")
         report["path"] = os.path.abspath(path)
     if mismatch.size:
         i = int(mismatch[0])
@@ -719,21 +721,6 @@ def run_firmware(deploy_dir, x=None, output=None, tflm_dir=None, cache_dir=None,
             f"label {ref_labels[i]} exit {ref_exits[i] + 1} (final-only label "
             f"{int(np.argmax(ref_final[i]))}).")
     return report
-
-
-def _write_json(path, data):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def format_firmware_report(report):
