@@ -350,18 +350,6 @@ class BudgetedHyperModel(tuning.EGTHyperModel):
         values["accuracy_floor"] = hp.Fixed("accuracy_floor", self.accuracy_floor)
         return values
 
-    def build(self, hp):
-        try:
-            return super().build(hp)
-        except (kt.errors.FatalError, kt.errors.FailedTrialError):
-            raise
-        except Exception as error:
-            # A failure here is the space's or the code's, not the trial's: with
-            # max_consecutive_failed_trials=None it would otherwise fail every trial.
-            raise kt.errors.FatalError(
-                f"Building the trial with {hp.values} failed: {type(error).__name__}: {error}"
-            ) from error
-
     def check_budget(self, hp, model):
         """The estimate of `model` if within budget; else raises `FailedTrialError`.
 

@@ -372,7 +372,7 @@ class EGTHyperModel(kt.HyperModel):
     def build(self, hp):
         self.check_space(hp)
         values = self._declare(hp)
-        with self._scope():
+        with _fatal_on_error(f"Building the trial with {hp.values}"), self._scope():
             model = self._model(
                 hp,
                 self._weight(values["consistency_weight"], values.get("lambda_profile")),
@@ -417,17 +417,23 @@ class EGTHyperModel(kt.HyperModel):
             *(callbacks or []),
             *recipe.schedule(self.decay_every, self.decay_factor),
         ]
-        try:
-            with self._scope():
-                return model.fit(x, y, validation_data=validation_data,
-                                 callbacks=callbacks, **kwargs)
-        except kt.errors.FatalError:
-            raise
-        except Exception as error:
-            # KerasTuner would log the trial as failed with no score and go on.
-            raise kt.errors.FatalError(
-                f"The trial with {hp.values} failed: {type(error).__name__}: {error}"
-            ) from error
+        with _fatal_on_error(f"The trial with {hp.values}"), self._scope():
+            return model.fit(x, y, validation_data=validation_data, callbacks=callbacks,
+                             **kwargs)
+
+
+@contextlib.contextmanager
+def _fatal_on_error(what):
+    """An error in the block is the code's or the space's, not the trial's: KerasTuner
+    would log the trial as failed with no score and go on (with
+    max_consecutive_failed_trials=None, for every trial), so it stops the search.
+    A trial rejected on purpose (`FailedTrialError`) stays a failed trial."""
+    try:
+        yield
+    except (kt.errors.FatalError, kt.errors.FailedTrialError):
+        raise
+    except Exception as error:
+        raise kt.errors.FatalError(f"{what} failed: {type(error).__name__}: {error}") from error
 
 
 def _split(x, y, fraction):

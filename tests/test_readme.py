@@ -13,7 +13,8 @@ _SUBSTITUTIONS = [
     (r'widths="paper"', "widths=(4, 8, 8, 8, 8)"),
     (r"epochs=50", "epochs=1"),
     (r"num_users=500", "num_users=4"),
-    (r"max_trials=30", "max_trials=3"),
+    (r"max_trials=30", "max_trials=2"),
+    (r"EGTHyperModel\(", "EGTHyperModel(lambdas=(0.0, 0.3), "),
 ]
 
 
