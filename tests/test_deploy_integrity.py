@@ -261,6 +261,25 @@ open(sys.argv[1], "w").write(outcome)
 """
 
 
+def test_a_second_sigterm_does_not_cut_the_cleanup_short():
+    from keras_egt.export import _lifetime
+
+    before = signal.getsignal(signal.SIGTERM)
+    cleaned = []
+    with pytest.raises(_lifetime.Terminated):
+        with _lifetime.terminate_raises():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(30)  # interrupted by the first
+            except BaseException:
+                os.kill(os.getpid(), signal.SIGTERM)  # the parent's death, heard again
+                time.sleep(0.2)
+                cleaned.append("done")
+                raise
+    assert cleaned == ["done"]
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_an_orphaned_worker_does_not_publish_even_with_sigterm_ignored(tmp_path):
     flag = str(tmp_path / "outcome")
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -279,6 +298,19 @@ def test_an_orphaned_worker_does_not_publish_even_with_sigterm_ignored(tmp_path)
         assert f.read() == "refused"
 
 
+def _running(pid):
+    """Whether `pid` runs (a zombie waiting for a reaper does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        from keras_egt.export._lifetime import _alive
+
+        return _alive(pid)
+
+
 @pytest.mark.parametrize("backend, sig", [("tensorflow", signal.SIGTERM),
                                           ("jax", signal.SIGKILL)])
 def test_a_killed_export_leaves_nothing_after_the_next_run(deployed, tmp_path, backend, sig):
@@ -286,25 +318,33 @@ def test_a_killed_export_leaves_nothing_after_the_next_run(deployed, tmp_path, b
     deployed["model"].save(str(out) + ".keras")
     data = tmp_path / "x.npy"
     np.save(data, deployed["x"][:8])
-    env = dict(os.environ, KERAS_BACKEND=backend,
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    pause = tmp_path / "paused"  # tests/hooks/sitecustomize.py: the export stops before segment 2
+    env = dict(os.environ, KERAS_BACKEND=backend, KERAS_EGT_TEST_PAUSE=str(pause),
+               PYTHONPATH=os.pathsep.join([os.path.join(HERE, "hooks"), ROOT,
+                                           os.environ.get("PYTHONPATH", "")]))
     child = subprocess.Popen([sys.executable, "-c", _export_script(out, data)], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert child.stdout.readline().strip() == "START"
     deadline = time.time() + 240
-    while time.time() < deadline and not any(".tmp-" in n for n in os.listdir(tmp_path)):
-        time.sleep(0.2)  # until the export is under way (its staging folder exists)
-    time.sleep(2)
+    while time.time() < deadline and not pause.exists() and child.poll() is None:
+        time.sleep(0.1)
+    assert pause.exists(), "the export never reached segment 2"
+    exporting = int(pause.read_text())  # the child itself, or its TensorFlow worker (JAX)
+    assert (exporting == child.pid) == (backend == "tensorflow")
     child.send_signal(sig)
     child.wait(timeout=120)
-    time.sleep(3)  # a worker dies with its parent: SIGTERM from the kernel or EOF
+    # The exporting process stops: on SIGTERM, or for the worker of the killed JAX
+    # parent, on the SIGTERM the kernel sends at its parent's death.
+    deadline = time.time() + 60
+    while time.time() < deadline and _running(exporting):
+        time.sleep(0.1)
+    assert not _running(exporting), "the export went on after its parent was killed"
+    # Caught: the staging folder is gone; for SIGTERM, the temporary folders too (the
+    # SIGKILLed JAX parent's are left for the next run to remove).
+    staging, temp = _stale(tmp_path, child.pid)
+    assert staging == [], staging
     if sig == signal.SIGTERM:
-        # Caught: the export removed its own staging and temporary folders.
-        staging, temp = _stale(tmp_path, child.pid)
-        assert staging == [] and temp == [], (staging, temp)
-    assert not out.exists()
-    # The worker of the JAX parent must not finish the export on its own.
-    time.sleep(5)
+        assert temp == [], temp
     assert not out.exists()
     export.export_cascade(deployed["model"], out, deployed["x"][:8])
     staging, temp = _stale(tmp_path, child.pid)

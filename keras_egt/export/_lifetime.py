@@ -80,7 +80,8 @@ class Terminated(SystemExit):
 
 @contextlib.contextmanager
 def terminate_raises():
-    """Within the block, SIGTERM (and SIGHUP) raise `Terminated` in the main thread.
+    """Within the block, SIGTERM (and SIGHUP) raise `Terminated` in the main thread,
+    once: later ones are ignored until the block exits, so that cleanup finishes.
 
     Outside the main thread (signals cannot be set there) it does nothing.
     """
@@ -89,6 +90,11 @@ def terminate_raises():
         return
 
     def handler(signum, frame):
+        # Once: a child hears of its parent's death twice (the kernel's SIGTERM and
+        # `watch_parent`'s), and a second raise would cut short the cleanup the first
+        # one started. The block's exit restores the previous handlers.
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
         raise Terminated(128 + signum)
 
     previous = {}
