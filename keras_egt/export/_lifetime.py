@@ -139,9 +139,8 @@ def check_parent():
     """Raises `Terminated` in a child whose parent (see `watch_parent`) is gone.
 
     Called right before a result is published: the SIGTERM of the parent's death is
-    asynchronous, and a library may have replaced our handler while the work ran, so
-    an orphan must not rely on it to stop before the rename (an orphan is re-parented,
-    which `os.getppid` shows at once).
+    asynchronous (once seen not to stop a worker before its rename), while an orphan is
+    re-parented at once, which `os.getppid` shows without depending on signals.
     """
     if _watched_parent is not None and os.getppid() != _watched_parent:
         raise Terminated(128 + signal.SIGTERM)
