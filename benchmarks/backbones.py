@@ -12,11 +12,11 @@ file is written after every model.
 """
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
+
+import _common
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "backbones.json")
@@ -51,7 +51,7 @@ def run(args):
                 "threshold": args.threshold, "seed": args.seed,
                 "num_train": len(x_train), "num_test": len(x_test)}
     result = {"settings": settings, "backend": keras.backend.backend(),
-              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "models": {}}
+              "machine": _common.machine(), "models": {}}
     for lam in args.lambdas:
         name = "Baseline" if lam == 0 else f"EGT (λ = {lam:g})"
         keras.utils.set_random_seed(args.seed)
@@ -64,7 +64,7 @@ def run(args):
                               name=name)
         print(report.to_markdown(), flush=True)
         result["models"][name] = {"train_seconds": seconds, "report": report.to_dict()}
-        egt.atomic.write_text(args.output, json.dumps(result, indent=2) + "\n")
+        _common.write_json(args.output, result, indent=2)
     return result
 
 

@@ -43,13 +43,13 @@ split 0's thresholds. Writes benchmarks/results/calibration.json.
 """
 
 import argparse
-import json
 import math
 import os
-import platform
 import sys
 import time
 import warnings
+
+import _common
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "cascade.json")
@@ -162,8 +162,7 @@ def run(args):
         f"({'met' if met['oracle_ratio'] else 'NOT met'}).",
     ])
     result = {
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "backend": keras.backend.backend()},
+        "machine": _common.machine(backend=keras.backend.backend()),
         "settings": {
             "model": args.model, "widths": list(model.widths),
             "consistency_weight": model.consistency_weight,
@@ -193,8 +192,7 @@ def run(args):
         "markdown": markdown,
     }
     path = args.output
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    egt.atomic.write_text(path, json.dumps(result, indent=1) + "\n")
+    _common.write_json(path, result)
     print(markdown)
     print("Wrote", path)
     return result
@@ -466,8 +464,7 @@ def study(args):
         f"{k}: {'met' if v else 'NOT met'}" for k, v in targets.items()) + "."]
     markdown = "\n".join(lines)
     result = {
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "backend": keras.backend.backend()},
+        "machine": _common.machine(backend=keras.backend.backend()),
         "settings": {
             "model": args.model, "widths": list(model.widths),
             "consistency_weight": model.consistency_weight,
@@ -488,8 +485,7 @@ def study(args):
         "splits": splits, "markdown": markdown,
     }
     path = args.output
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    egt.atomic.write_text(path, json.dumps(result, indent=1) + "\n")
+    _common.write_json(path, result)
     print(markdown)
     print("Wrote", path)
     return result

@@ -20,10 +20,10 @@ Writes benchmarks/results/compiled_cascade_<backend>.json.
 """
 
 import argparse
-import json
 import os
-import platform
 import time
+
+import _common
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -130,14 +130,11 @@ def main(argv=None):
               "epochs": args.epochs, "train_seconds": time.time() - start,
               "final_exit_accuracy": float(
                   (egt.metrics.exit_probabilities(model, x_test)[-1].argmax(-1) == y_test).mean()),
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+              "machine": _common.machine(),
               "runs": [measure(model, x_test, t, args.samples) for t in args.thresholds]}
     output = args.output or os.path.join(HERE, "results",
                                          f"compiled_cascade_{result['backend']}.json")
-    os.makedirs(os.path.dirname(output), exist_ok=True)
-    with open(output + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(output + ".tmp", output)
+    _common.write_json(output, result)
     for run in result["runs"]:
         print(f"{result['backend']} threshold {run['threshold']}: MACs {run['mac_speedup']:.2f}x, "
               f"time compiled {run['time_speedup_compiled']:.2f}x, segmented "

@@ -16,14 +16,14 @@ Results go to benchmarks/results/datasets.json; a markdown summary is printed.
 """
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
 
 import numpy as np
+
+import _common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "datasets.json")
@@ -174,8 +174,7 @@ def main():
     data, generate_s, load_s, identical = time_generation(rg)
     (x_train, y_train), (x_test, y_test) = data
     result = {
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(), "numpy": np.__version__},
+        "machine": _common.machine(numpy=np.__version__),
         "samples": int(len(x_train) + len(x_test)),
         "shape": list(x_train.shape[1:]),
         "generate_s": round(generate_s, 2),
@@ -205,11 +204,7 @@ def main():
             result["egt_micro_exit_accuracy"] = [round(a, 4) for a in exits]
             print("EGT micro per-exit test accuracy:", [f"{a:.3f}" for a in exits])
 
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    os.replace(args.output + ".tmp", args.output)
+    _common.write_json(args.output, result, indent=2)
     print()
     print("| figure | value | target |")
     print("|---|---|---|")

@@ -28,13 +28,13 @@ take ~0.4 s per paper-width sample (--tflm-samples limits the TFLM runs).
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 
-from keras_egt import atomic as egt_atomic
+import _common
+
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -452,8 +452,7 @@ def main(argv=None):
     started = time.time()
     data = radar_gestures.load_data(num_train=args.num_train, num_test=args.num_test)
     results = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "python": platform.python_version()},
+        "machine": _common.machine(),
         "settings": {k: v for k, v in vars(args).items() if k not in ("output",)},
         "presets": {},
     }
@@ -466,7 +465,7 @@ def main(argv=None):
                                 dirs_exist_ok=True)
     results["seconds"] = time.time() - started
     results["markdown"] = _markdown(results)
-    egt_atomic.write_text(args.output, json.dumps(results, indent=1))
+    _common.write_json(args.output, results)
     print(results["markdown"])
     print(f"Wrote {args.output} ({results['seconds'] / 60:.1f} min).")
 

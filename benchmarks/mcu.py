@@ -21,11 +21,12 @@ Writes benchmarks/results/mcu.json.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
+
+import _common
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -78,11 +79,9 @@ def main(argv=None):
         return 0
 
     import keras
-    import numpy as np
 
     import keras_egt as egt
     from keras_egt import budget, costs
-    from keras_egt.atomic import write_text
     from keras_egt.cli import demo
     from keras_egt.cli.train import describe_model
     from keras_egt.datasets import radar_gestures
@@ -153,8 +152,7 @@ def main(argv=None):
         )
         cascades[name] = entry
     result = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "python": platform.python_version(), "keras": keras.__version__},
+        "machine": _common.machine(keras=keras.__version__),
         "settings": {"stages": [list(s) for s in model.stages_spec]
                      if hasattr(model, "stages_spec") else None, "epochs": args.epochs,
                      "lambda": args.lam, "seed": args.seed, "model": model_path,
@@ -173,7 +171,7 @@ def main(argv=None):
         "targets": TARGETS,
         "tflm_table": text,
     }
-    write_text(args.output, json.dumps(result, indent=1) + "\n")
+    _common.write_json(args.output, result)
     print(text)
     print(json.dumps({k: {m: v for m, v in c.items() if not isinstance(v, list)}
                       for k, c in cascades.items()}, indent=1))

@@ -23,9 +23,10 @@ samples.
 import argparse
 import json
 import os
-import platform
 import sys
 import time
+
+import _common
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "reproduction.json")
@@ -144,8 +145,7 @@ def _write(path, backend, settings, reports, histories, train_seconds):
                 "final_accuracy_delta_points": 100 * (r["final_accuracy"] - base["final_accuracy"]),
             }
     result = {
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "backend": backend,
-                    "device": _device()},
+        "machine": _common.machine(backend=backend, device=_device()),
         "settings": settings,
         "train_seconds": train_seconds,
         "reports": {name: report.to_dict() for name, report in reports.items()},
@@ -154,10 +154,7 @@ def _write(path, backend, settings, reports, histories, train_seconds):
         "paper": PAPER,
         "markdown": markdown,
     }
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=1, default=float)
-    os.replace(path + ".tmp", path)
+    _common.write_json(path, result)
     return result
 
 
@@ -302,18 +299,14 @@ def table_i_plus_markdown(rows):
 
 def _write_table_i_plus(path, backend, settings, rows):
     result = {
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "backend": backend,
-                    "device": _device()},
+        "machine": _common.machine(backend=backend, device=_device()),
         "settings": settings,
         "targets": {"corrected_gain_pct": CORRECTED_GAIN_PCT, "max_deletion_loss": MAX_DELETION_LOSS},
         "rows": rows,
         "verdicts": table_i_plus_verdicts(rows),
         "markdown": table_i_plus_markdown(rows),
     }
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=1, default=float)
-    os.replace(path + ".tmp", path)
+    _common.write_json(path, result)
     return result
 
 

@@ -16,6 +16,10 @@ import platform
 import subprocess
 import sys
 
+import _common
+
+from keras_egt import atomic
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
@@ -144,7 +148,7 @@ def _section_reproduction(lines, name, title):
         f"Widths {widths}, {settings['epochs']} epochs, Adam {settings['learning_rate']:g} halved every "
         f"{settings['step_every']} epochs, batch {settings['batch_size']}, seed {settings['seed']}; "
         f"{settings['num_train']} training / {settings['num_test']} test samples (unseen users); "
-        f"{data['machine']['backend']} on {data['machine']['cpu_count']} CPU cores "
+        f"{data['machine']['backend']} on {_common.cpu_count(data['machine'])} CPU cores "
         f"({data['machine'].get('device', 'cpu')}). Training time per model: "
         + ", ".join(f"{k} {v / 60:.0f} min" for k, v in data["train_seconds"].items()) + ".",
         "",
@@ -200,7 +204,7 @@ def _section_table_i_plus(lines, name="table_i_plus"):
         f"training / {s['num_test']} test samples; explanation quality on the first "
         f"{s['quality_samples']} test samples, {s['quality_steps']} deletion / insertion steps, "
         f"single pixels removed, removed cells set to the per-channel mean; "
-        f"{data['machine']['backend']} on {data['machine']['cpu_count']} CPU cores. "
+        f"{data['machine']['backend']} on {_common.cpu_count(data['machine'])} CPU cores. "
         "Per model, training and explanation-quality time: "
         + ", ".join(f"{k} {r['train_seconds'] / 60:.1f} + {r['quality_seconds'] / 60:.1f} min"
                     for k, r in rows.items()) + ".",
@@ -571,7 +575,7 @@ def _section_mcu(lines):
         "",
         f"`EarlyExitMCU` stages `{stages}` (the demo's default), {settings['epochs']} epochs of "
         f"the paper's recipe, λ = {settings['lambda']:g}, seed {settings['seed']}, on "
-        f"{data['machine']['cpus']} CPU cores; test set of unseen users; speedups against the "
+        f"{_common.cpu_count(data['machine'])} CPU cores; test set of unseen users; speedups against the "
         "same model run to its final exit only (float: every stage and the last head as one "
         "compiled call; TFLM: the unsplit int8 final-only model from the same converter "
         "path). Targets: MACs ≥ "
@@ -668,10 +672,7 @@ def write_report(path=os.path.join(HERE, "RESULTS.md")):
     _section_compiled_cascade(lines)
     _section_split_overhead(lines)
     _section_datasets(lines)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines))
-    os.replace(tmp, path)
+    atomic.write_text(path, "\n".join(lines))
     return path
 
 

@@ -24,10 +24,11 @@ Writes benchmarks/results/split_overhead.json.
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
+
+import _common
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -157,7 +158,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import keras
-    import numpy as np
 
     if keras.backend.backend() != "tensorflow":
         sys.exit("benchmarks/split_overhead.py needs KERAS_BACKEND=tensorflow (export).")
@@ -172,13 +172,8 @@ def main(argv=None):
     calibration = x_train[:: max(1, len(x_train) // args.num_calibration)][: args.num_calibration]
     with tempfile.TemporaryDirectory(prefix="keras_egt_split_") as work:
         result = measure(model, calibration, x_test[: args.samples], work)
-    result.update(settings=vars(args), machine={"platform": platform.platform(),
-                                                "cpus": os.cpu_count()})
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    tmp = args.output + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, args.output)
+    result.update(settings=vars(args), machine=_common.machine())
+    _common.write_json(args.output, result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("settings", "machine")},
                      indent=1))
 

@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+import _common
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "train_step.json")
 
 
@@ -171,11 +173,7 @@ def _merge(result, path=RESULTS):
         with open(path) as f:
             data = json.load(f)
     data[result["backend"]] = result
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    _common.write_json(path, data, indent=2)
 
 
 def main(argv=None):
