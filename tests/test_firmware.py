@@ -1,4 +1,4 @@
-"""The firmware kit: keras_egt.export.c_sources (C sources of a deploy folder) and tflite/*.c.
+"""The firmware kit: keras_egt.export.c_sources (C sources of a deploy folder) and keras_egt/export/kit/*.c.
 
 The C code is compiled with `gcc -std=c99 -Wall -Wextra -Werror -pedantic` and driven
 through tflite/host_test.c; its answers are compared with numpy references written
@@ -28,7 +28,9 @@ from keras_egt.export.manifest import FORMAT_VERSION, seal_manifest
 
 pytestmark = pytest.mark.tensorflow_only
 
-KIT = Path(__file__).resolve().parent.parent / "tflite"
+REPO = Path(__file__).resolve().parent.parent
+KIT = REPO / "keras_egt" / "export" / "kit"  # the C kit, package data of keras_egt.export
+GUIDE = REPO / "tflite"  # the integration guide and its host test driver
 GCC = shutil.which("gcc")
 needs_gcc = pytest.mark.skipif(
     GCC is None, reason="gcc not found: the C firmware kit is compiled with gcc on the host"
@@ -91,7 +93,7 @@ def sanitize_flags(tmp_dir):
 def build_host_test(deploy, out_dir):
     exe = Path(out_dir) / "host_test"
     cmd = [GCC, *STRICT, *sanitize_flags(out_dir), "-I", str(deploy), "-I", str(KIT),
-           str(KIT / "host_test.c"), str(KIT / "egt_cascade.c"),
+           str(GUIDE / "host_test.c"), str(KIT / "egt_cascade.c"),
            str(Path(deploy) / "model_data.c"), "-o", str(exe)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, f"gcc failed:\n{' '.join(cmd)}\n{proc.stderr}"

@@ -200,8 +200,14 @@ def test_missing_tflm_tree_names_the_variable(tmp_path, monkeypatch):
     from keras_egt.export import firmware
 
     monkeypatch.setenv(firmware.TFLM_DIR_ENV, str(tmp_path / "nowhere"))
-    with pytest.raises(FileNotFoundError, match="KERAS_EGT_TFLM_DIR"):
+    with pytest.raises(FileNotFoundError, match="KERAS_EGT_TFLM_DIR") as info:
         firmware.find_tflm()
+    # Where to get a tree: the repository, the tested commit, and how to fetch its downloads.
+    message = str(info.value)
+    assert "\n" not in message
+    assert "github.com/tensorflow/tflite-micro" in message
+    assert "90b983c2b3f1480642e040bbd2ddb37b998f3424" in message
+    assert "third_party_downloads" in message and "--tflm-dir" in message
     (tmp_path / "t/tensorflow/lite/micro/tools/make").mkdir(parents=True)
     (tmp_path / "t/tensorflow/lite/micro/tools/make/Makefile").write_text("")
     with pytest.raises(FileNotFoundError, match="third-party downloads"):
@@ -250,3 +256,105 @@ def test_tflm_cache_is_keyed_by_the_sources_and_never_half_written(tmp_path):
     lib.parent.mkdir(parents=True)
     lib.write_bytes(b"!<arch>\n")
     assert firmware.tflm_library(tree, cache) == cache / f"tflm-{key}"
+
+
+def _one_line_exit_2(argv, capsys):
+    from keras_egt.cli import main
+
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def _assert_nothing_built(cache):
+    # Nothing compiled: the build cache was never created or is still empty.
+    assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_cli_missing_tree_fails_before_any_build(tiny_fake_deploy, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KERAS_EGT_TFLM_DIR", str(tmp_path / "nowhere"))
+    cache = tmp_path / "cache"
+    line = _one_line_exit_2(["firmware", str(tiny_fake_deploy), "--cache-dir", str(cache)], capsys)
+    assert "github.com/tensorflow/tflite-micro" in line and "third_party_downloads" in line
+    assert "90b983c2b3f1480642e040bbd2ddb37b998f3424" in line
+    _assert_nothing_built(cache)
+
+
+def test_cli_missing_toolchain_fails_before_any_build(tmp_path, monkeypatch, capsys):
+    tree = _fake_tflm(tmp_path / "tflm")  # a tree is found: only the tools are missing
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    cache = tmp_path / "cache"
+    line = _one_line_exit_2(["firmware", str(tmp_path / "deploy"), "--tflm-dir", str(tree),
+                             "--cache-dir", str(cache)], capsys)
+    assert "arm-none-eabi-gcc not found" in line and "gcc-arm-none-eabi" in line
+    _assert_nothing_built(cache)
+
+
+@needs_tools
+@pytest.mark.parametrize("broken", ["missing", "not_a_deploy_folder"])
+def test_cli_bad_deploy_folder_fails_before_any_build(broken, tmp_path, capsys):
+    tree = _fake_tflm(tmp_path / "tflm", "microlite:\n\t@touch built\n")
+    folder = tmp_path / "deploy"
+    if broken == "not_a_deploy_folder":
+        folder.mkdir()
+        (folder / "segment_1.tflite").write_bytes(b"not a model")
+    cache = tmp_path / "cache"
+    line = _one_line_exit_2(["firmware", str(folder), "--tflm-dir", str(tree),
+                             "--cache-dir", str(cache)], capsys)
+    assert str(folder) in line or "deploy folder" in line
+    _assert_nothing_built(cache)
+    assert not (tree / "built").exists()
+
+
+@pytest.fixture
+def tiny_fake_deploy(tmp_path):
+    return tmp_path / "deploy-not-read"  # the TFLM tree is checked before the folder
+
+
+def _venv_python(venv):
+    return venv / "bin" / "python"
+
+
+@pytest.mark.slow
+@pytest.mark.tensorflow_only
+@needs_tools
+def test_firmware_from_an_installed_wheel(tiny_deploy, tmp_path):
+    """`pip install` (not editable) of keras-egt, then `keras-egt firmware` from outside
+    the checkout: the C kit is package data, found through the installed package."""
+    import os
+    import subprocess
+    import sys
+
+    tflm = _tflm_or_skip()
+    repo = Path(__file__).resolve().parents[1]
+    wheels, venv, work = tmp_path / "wheels", tmp_path / "venv", tmp_path / "cwd"
+    work.mkdir()
+    run = lambda *cmd, **kw: subprocess.run(  # noqa: E731
+        [str(c) for c in cmd], cwd=work, capture_output=True, text=True, **kw)
+    built = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                "-q", "-w", wheels, repo)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = wheels.glob("keras_egt-*.whl")
+    assert run(sys.executable, "-m", "venv", "--system-site-packages", venv).returncode == 0
+    python = _venv_python(venv)
+    installed = run(python, "-m", "pip", "install", "-q", "--no-deps", wheel)
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    # The checkout must not be importable: cwd and PYTHONPATH outside it.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(KERAS_BACKEND="tensorflow", KERAS_EGT_TFLM_DIR=str(tflm))
+    where = run(python, "-c", "import keras_egt, sys; print(keras_egt.__file__)", env=env)
+    assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout + where.stderr
+    folder, x = tiny_deploy
+    np.savez(tmp_path / "x.npz", x=x[:6])
+    out = tmp_path / "fw.json"
+    result = run(venv / "bin" / "keras-egt", "firmware", folder, "--samples", tmp_path / "x.npz",
+                 "--output", out, env=env)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    report = json.loads(out.read_text())
+    assert report["bit_exact"] is True and report["samples"] == 6
+    from keras_egt.export import load_cascade
+
+    labels, exits = load_cascade(folder, runtime="tflm").predict(x[:6])
+    np.testing.assert_array_equal(report["labels"], labels)
+    np.testing.assert_array_equal(report["exits"], exits)

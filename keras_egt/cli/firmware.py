@@ -5,7 +5,7 @@
     KERAS_EGT_TFLM_DIR=~/tflite-micro keras-egt firmware deploy/
 
 builds TFLM with CMSIS-NN for Cortex-M4 (once, cached), links the deploy folder's
-segments, tflite/egt_cascade.c and a test harness holding the samples for the MPS2 AN386
+segments, the kit's egt_cascade.c (package data) and a test harness holding the samples for the MPS2 AN386
 board, runs it under qemu-system-arm, checks labels and exits bit-exact against TFLM's
 Python interpreter, and writes firmware.json (flash, RAM, instructions, speedup).
 """

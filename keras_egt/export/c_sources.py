@@ -13,8 +13,8 @@
   and the TFLM ops as an X-macro (`EGT_FOR_EACH_TFLM_OP(X)`) for a
   `tflite::MicroMutableOpResolver`.
 
-The portable C99 cascade driver that consumes them is `tflite/egt_cascade.{h,c}` in the
-keras-egt repository; `tflite/README.md` shows how to wire it into a TFLM firmware.
+The portable C99 cascade driver that consumes them is `egt_cascade.{h,c}`, shipped in the
+package (`keras_egt/export/kit/`); `tflite/README.md` in the repository shows how to wire it into a TFLM firmware.
 Pure Python: no TensorFlow needed.
 """
 

@@ -7,9 +7,10 @@ MPS2 AN386 board, Cortex-M4):
 * the TFLM library for Cortex-M4 with the CMSIS-NN kernels (`tflm_library`, built once
   and cached, keyed by a hash of the TFLM sources and the compiler);
 * the deploy folder's `model_data.c` and `egt_manifest.h` (rewritten from its
-  `manifest.json`, so they match the segments), `tflite/egt_cascade.c`, and the harness
-  `tflite/mcu/egt_harness.cc` holding the input samples as int8 C arrays (quantized here
-  exactly as `CascadeRunner` quantizes them), linked with `tflite/mcu/mps2_an386.ld`.
+  `manifest.json`, so they match the segments), the kit's `egt_cascade.c`, and the harness
+  `mcu/egt_harness.cc` holding the input samples as int8 C arrays (quantized here
+  exactly as `CascadeRunner` quantizes them), linked with `mcu/mps2_an386.ld`. The kit is
+  package data (`keras_egt/export/kit/`), so it comes with the wheel.
 
 The harness first finds each segment's smallest TFLM arena on the target (CMSIS-NN asks
 for scratch memory the host's reference kernels do not), then runs every sample twice
@@ -58,6 +59,10 @@ __all__ = [
 ]
 
 TFLM_DIR_ENV = "KERAS_EGT_TFLM_DIR"
+TFLM_REPOSITORY = "https://github.com/tensorflow/tflite-micro"
+TFLM_COMMIT = "90b983c2b3f1480642e040bbd2ddb37b998f3424"  # the commit keras-egt is tested with
+TFLM_DOWNLOADS_COMMAND = ("make -f tensorflow/lite/micro/tools/make/Makefile TARGET=cortex_m_generic "
+                          "TARGET_ARCH=cortex-m4 OPTIMIZED_KERNEL_DIR=cmsis_nn third_party_downloads")
 CACHE_DIR_ENV = "KERAS_EGT_CACHE_DIR"
 CLOCK_HZ = 64_000_000  # the stated clock of the time estimate (nRF52840-class)
 QEMU_MACHINE = "mps2-an386"
@@ -68,8 +73,8 @@ PSRAM_BYTES = 16 << 20  # QEMU mps2-an386: 16 MB at 0x21000000
 FLASH_BYTES = 4 << 20  # 4 MB code memory at 0x00000000
 STACK_BYTES = 0x10000  # reserved by the linker script; the peak is measured
 
-_REPO = Path(__file__).resolve().parents[2]
-_KIT = _REPO / "tflite"
+_REPO = Path(__file__).resolve().parents[2]  # a checkout's root (the offline TFLM tree)
+_KIT = Path(__file__).resolve().parent / "kit"  # package data: shipped in the wheel
 _BUILD_VERSION = "1"  # bump when the library build recipe changes
 _TARGET = ["TARGET=cortex_m_generic", "TARGET_ARCH=cortex-m4", "OPTIMIZED_KERNEL_DIR=cmsis_nn"]
 _GEN = "gen/cortex_m_generic_cortex-m4_default_cmsis_nn_gcc"
@@ -127,7 +132,9 @@ def find_tflm(tflm_dir=None):
     `shared/third_party/tflite-micro` folder beside the keras-egt checkout.
 
     Raises:
-        FileNotFoundError: no usable tree; the message names the variable to set.
+        FileNotFoundError: no usable tree; one line naming the TFLM repository, the
+            commit keras-egt is tested with (`TFLM_COMMIT`), the Makefile target that
+            fetches its third-party downloads, and --tflm-dir / $KERAS_EGT_TFLM_DIR.
     """
     if tflm_dir is None:
         tflm_dir = os.environ.get(TFLM_DIR_ENV)
@@ -141,13 +148,16 @@ def find_tflm(tflm_dir=None):
             if missing:
                 raise FileNotFoundError(
                     f"the TFLM tree {str(path)!r} lacks its third-party downloads "
-                    f"({', '.join(missing)} under {_DOWNLOADS}); run its Makefile's "
-                    f"downloads once, or point {TFLM_DIR_ENV} at a complete tree.")
+                    f"({', '.join(missing)} under {_DOWNLOADS}): run "
+                    f"`{TFLM_DOWNLOADS_COMMAND}` in it once, or point {TFLM_DIR_ENV} at a "
+                    f"complete tree.")
             return path.resolve()
     where = str(candidates[0]) if tflm_dir else " or ".join(str(p) for p in candidates)
     raise FileNotFoundError(
-        f"no TensorFlow Lite Micro source tree at {where}: set {TFLM_DIR_ENV} (or pass "
-        f"--tflm-dir) to a tflite-micro checkout with its third-party downloads.")
+        f"no TensorFlow Lite Micro source tree found: get {TFLM_REPOSITORY} at commit "
+        f"{TFLM_COMMIT} (the one keras-egt is tested with), fetch its third-party "
+        f"downloads with `{TFLM_DOWNLOADS_COMMAND}` in it, and pass --tflm-dir or set "
+        f"{TFLM_DIR_ENV}. Received: tflm_dir={where}")
 
 
 def _cache_root(cache_dir=None):
@@ -260,12 +270,17 @@ def tflm_library(tflm_dir=None, cache_dir=None, verbose=False):
 # Building an image
 
 
+_KIT_FILES = (("egt_cascade.c",), ("egt_cascade.h",), ("mcu", "egt_harness.cc"),
+              ("mcu", "mps2_an386.ld"))
+
+
 def _kit_file(*parts):
     path = _KIT.joinpath(*parts)
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} not found: the firmware sources (tflite/) come with the keras-egt "
-            "source tree; run from a checkout of it.")
+            f"the firmware kit file {path} is missing from the keras-egt installation: "
+            "reinstall keras-egt (the kit is package data of keras_egt.export). "
+            f"Received: kit={_KIT}")
     return path
 
 
@@ -551,7 +566,8 @@ def run_firmware(deploy_dir, x=None, output=None, tflm_dir=None, cache_dir=None,
     Raises:
         FirmwareMismatchError: a label or exit differs from TFLM's Python interpreter
             (the report is written first, with `bit_exact: false`).
-        FileNotFoundError: a tool or the TFLM tree is missing (one line saying which).
+        FileNotFoundError: a tool, the TFLM tree, a kit file or the deploy folder is
+            missing (one line saying which); all are checked before anything is built.
 
     Example:
     >>> report = egt.export.run_firmware("deploy/")  # doctest: +SKIP
@@ -562,8 +578,12 @@ def run_firmware(deploy_dir, x=None, output=None, tflm_dir=None, cache_dir=None,
 
     started = time.time()
     deploy_dir = os.fspath(deploy_dir)
-    find_tflm(tflm_dir)  # fail fast, before the host runs
+    # Everything the build needs is checked before any work: a missing piece is one
+    # line now, not an error after minutes of compiling.
+    find_tflm(tflm_dir)
     tools = find_toolchain()
+    for parts in _KIT_FILES:
+        _kit_file(*parts)
     runner = rt.load_cascade(deploy_dir, runtime="tflm")
     manifest = runner.manifest
     segments = manifest["segments"]

@@ -4,7 +4,7 @@
  * Part of keras-egt (Apache-2.0). `keras_egt.export.firmware.run_firmware` (CLI:
  * `keras-egt firmware DEPLOY_DIR`) compiles it with TFLM + CMSIS-NN for the MPS2 AN386
  * board, runs it under `qemu-system-arm -icount`, and parses what it prints. It is also a
- * worked example of tflite/egt_cascade.h with TFLM (tflite/README.md, section 7, option A:
+ * worked example of egt_cascade.h (beside it in the kit) with TFLM (tflite/README.md, section 7, option A:
  * one shared arena, one interpreter at a time).
  *
  * Inputs (compile-time):
@@ -198,7 +198,7 @@ uintptr_t StackPointer() {
 }  // namespace
 
 extern "C" {
-// From the linker script (tflite/mcu/mps2_an386.ld).
+// From the linker script (mcu/mps2_an386.ld of the kit).
 extern uint32_t __StackLimit, __StackTop, end;
 void initialise_monitor_handles(void);  // librdimon: semihosting stdio
 void __libc_init_array(void);
