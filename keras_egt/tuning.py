@@ -524,6 +524,18 @@ class GridSearch(kt.Tuner):
         )
         super().__init__(oracle, hypermodel, **kwargs)
 
+    def search(self, *fit_args, **fit_kwargs):
+        """`keras_tuner.Tuner.search`, refused while another process searches this directory.
+
+        Two searches on one `directory/project_name` would both run every trial;
+        the second is refused at once (`keras_egt.locks.writer_lock`) with one line
+        naming the directory and the process that holds it.
+        """
+        from keras_egt.locks import writer_lock
+
+        with writer_lock(self.project_dir, "tuner directory"):
+            return super().search(*fit_args, **fit_kwargs)
+
 
 # --- results ---------------------------------------------------------------------
 

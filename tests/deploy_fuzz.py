@@ -83,8 +83,9 @@ def write_manifest(manifest, reseal):
             pass  # not JSON-serialisable canonically (NaN): written as it is
     with open(os.path.join(SCRATCH, "manifest.json"), "w", encoding="utf-8") as f:
         json.dump(manifest, f)
-    if reseal:  # the C header carries the old digest; a resealing editor drops it
-        os.remove(os.path.join(SCRATCH, "egt_manifest.h"))
+    if reseal:  # the C sources carry the old digests; a resealing editor drops them
+        for name in ("egt_manifest.h", "model_data.c", "model_data.h"):
+            os.remove(os.path.join(SCRATCH, name))
 
 
 def load_and_predict(runtime, x=X):

@@ -303,3 +303,51 @@ def test_cli_data_show_bad_input(tmp_path, capsys):
     assert main(["data", "show", "--num-train", "0", "--output", str(tmp_path / "a.png")]) == 2
     err = capsys.readouterr().err
     assert "missing.npz" in err and "num_train" in err
+
+
+def _forge_labels(path):
+    """An attacker's cache: labels flipped, the checksum recomputed, so it looks intact."""
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    forged = {k: arrays[k] for k in rg._ARRAY_KEYS}
+    forged["y_train"] = (forged["y_train"] + 1) % 9
+    np.savez(path, sha256=np.array(rg._checksum(forged)), key=arrays["key"], **forged)
+
+
+@pytest.mark.parametrize("who", ["other_user", "group_writable"])
+def test_a_forged_cache_in_a_shared_folder_is_not_trusted(keras_home, who):
+    # The /tmp/.keras fallback: a folder anyone can write. The checksum alone can be
+    # recomputed by whoever forged the file, so ownership and mode must decide.
+    keras_home.mkdir()
+    os.chmod(keras_home, 0o1777)
+    first = rg.load_data(num_train=9, num_test=9)
+    (path,) = _cache_files(keras_home)
+    assert not os.stat(path).st_mode & 0o022  # written so that only its owner can write it
+    _forge_labels(path)
+    if who == "other_user":
+        if os.getuid() != 0:
+            pytest.skip("needs root to give the file to another user")
+        os.chown(path, 65534, 65534)
+    else:
+        os.chmod(path, 0o666)
+    with pytest.warns(UserWarning, match=r"not trusted \((it is owned by user id 65534|others "
+                                         r"can write it)"):
+        second = rg.load_data(num_train=9, num_test=9)
+    np.testing.assert_array_equal(first[0][1], second[0][1])  # the true labels, regenerated
+    assert os.stat(path).st_uid == os.getuid()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # replaced by a trusted file: no warning next time
+        rg.load_data(num_train=9, num_test=9)
+
+
+def test_a_cache_in_a_private_folder_keeps_its_mode(keras_home, tmp_path):
+    # Not shared (no world-writable folder above it): a group-writable cache of the
+    # user's own (umask 002) is trusted as before.
+    if rg._shared(keras_home):
+        pytest.skip("the temporary folder lies under a world-writable one")
+    rg.load_data(num_train=9, num_test=9)
+    (path,) = _cache_files(keras_home)
+    os.chmod(path, 0o664)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rg.load_data(num_train=9, num_test=9)

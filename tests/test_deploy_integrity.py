@@ -57,7 +57,8 @@ def _edit(folder, edit, reseal=False):
     edit(manifest)
     if reseal:
         mf.seal_manifest(manifest)
-        (folder / "egt_manifest.h").unlink(missing_ok=True)
+        for name in ("egt_manifest.h", "model_data.c", "model_data.h"):  # stale now
+            (folder / name).unlink(missing_ok=True)
     path.write_text(json.dumps(manifest))
 
 
@@ -388,3 +389,92 @@ def test_run_tflite_reports_the_agreement_of_both_runtimes(deployed, tmp_path, c
     _edit(folder, lambda m: m["segments"][0].update(threshold_int8=-128))
     assert main(["run-tflite", str(folder), "--data", str(npz)]) == 2
     assert "threshold_int8 is -128" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ issue 24: promises kept
+
+
+def _other_digest(digest):
+    return ("0" if digest[0] != "0" else "1") + digest[1:]
+
+
+def test_a_stale_model_data_c_is_refused(deployed, tmp_path):
+    # Another export's model_data.c: the same file names, another segment's sha256
+    # and length. egt_manifest.h still matches, so only model_data.c can tell.
+    folder = _copy(deployed, tmp_path)
+    seg = deployed["manifest"]["segments"][1]
+    source = folder / "model_data.c"
+    text = source.read_text()
+    source.write_text(text.replace(seg["sha256"], _other_digest(seg["sha256"])))
+    with pytest.raises(ValueError, match=r"model_data.c' was not generated from this manifest "
+                                         r"\(segment 2 of"):
+        export.load_cascade(folder, runtime="litert")
+    lens = [str(s["flash_bytes"]) for s in deployed["manifest"]["segments"]]
+    stale = text.replace(", ".join(lens) + "}", ", ".join(lens[:-1] + ["12"]) + "}")
+    assert stale != text
+    source.write_text(stale)
+    with pytest.raises(ValueError, match="model_data.c.*g_egt_segment_lens"):
+        export.load_cascade(folder, runtime="litert")
+
+
+def test_a_stale_model_data_h_is_refused(deployed, tmp_path):
+    folder = _copy(deployed, tmp_path)
+    header = folder / "model_data.h"
+    count = len(deployed["manifest"]["segments"])
+    header.write_text(header.read_text().replace(f"EGT_MODEL_DATA_NUM_SEGMENTS {count}",
+                                                 f"EGT_MODEL_DATA_NUM_SEGMENTS {count + 1}"))
+    with pytest.raises(ValueError, match="model_data.h' was not generated from this manifest"):
+        export.load_cascade(folder, runtime="litert")
+
+
+def test_the_probe_refuses_a_segment_swapped_after_the_check(deployed, tmp_path):
+    # The parent checked segment 1 against the manifest; then the file is replaced.
+    # The child must check the bytes it runs, not trust the path.
+    folder = _copy(deployed, tmp_path)
+    first, second = deployed["manifest"]["segments"][:2]
+    (folder / first["file"]).write_bytes((folder / second["file"]).read_bytes())
+    arena = first["arena_bytes"] + 7  # not probed before in this process
+    with pytest.raises(RuntimeError, match=r"segment 1 .*'segment_1.tflite' changed after it "
+                                           r"was checked"):
+        export.runtime.probe_tflm(folder, [first], [arena])
+
+
+def _rewrite_segment(folder, seg, edit):
+    """Edits segment `seg` with `edit(model_object)`, then recomputes every digest."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    path = folder / seg["file"]
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(path.read_bytes()))
+    edit(model)
+    data = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    path.write_bytes(data)
+
+    def update(m):
+        m["segments"][seg["index"] - 1].update(sha256=mf.hashlib.sha256(data).hexdigest(),
+                                               flash_bytes=len(data))
+    _edit(folder, update, reseal=True)
+
+
+def _zero_stride(model):
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    for op in model.subgraphs[0].operators:
+        if isinstance(op.builtinOptions, schema.Conv2DOptionsT):
+            op.builtinOptions.strideW = 0
+            return
+    raise AssertionError("no Conv2D in segment 1")
+
+
+def _truncate_weights(model):
+    buffers = [b for b in model.buffers if b.data is not None and len(b.data) > 64]
+    buffers[0].data = buffers[0].data[:4]
+
+
+@pytest.mark.parametrize("edit", [_zero_stride, _truncate_weights], ids=["stride0", "weights4"])
+def test_a_structurally_invalid_segment_is_refused_before_tflm(deployed, tmp_path, edit):
+    folder = _copy(deployed, tmp_path)
+    _rewrite_segment(folder, deployed["manifest"]["segments"][0], edit)
+    code, out, err = _load_in_child(folder, "tflm")
+    assert code == 0, err[-2000:]
+    assert "ERROR RuntimeError segment 1 (segment_1.tflite)" in out, out + err[-2000:]
+    assert "not a valid TFLite flatbuffer (LiteRT's verifier" in out, out

@@ -111,6 +111,7 @@ import io
 import json
 import math
 import os
+import stat
 import tempfile
 import warnings
 import zipfile
@@ -827,8 +828,51 @@ def _checksum(arrays):
 _ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
+def _shared(folder):
+    """Whether `folder` or a folder above it is world-writable (e.g. `/tmp`)."""
+    folder = os.path.abspath(folder)
+    while True:
+        try:
+            if os.stat(folder).st_mode & stat.S_IWOTH:
+                return True
+        except OSError:
+            pass
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return False
+        folder = parent
+
+
+def _distrust(path):
+    """Why a cache file in a shared folder cannot be trusted, or None.
+
+    The checksum only catches damage: anyone who can write the file can recompute it
+    (e.g. flip the labels). In a folder others can write (the `/tmp/.keras` fallback),
+    trust only a file of the current user that only they can write.
+    """
+    if os.name != "posix" or not _shared(os.path.dirname(path)):
+        return None
+    info = os.lstat(path)
+    if not stat.S_ISREG(info.st_mode):
+        return "it is not a regular file"
+    if info.st_uid != os.getuid():
+        return f"it is owned by user id {info.st_uid}, not you, in a shared folder"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return "others can write it, in a shared folder"
+    return None
+
+
 def _read_cache(path, key, names=_ARRAY_KEYS):
-    """The cached arrays, or None with a warning if the file is damaged."""
+    """The cached arrays, or None with a warning if the file is damaged or untrusted."""
+    try:
+        untrusted = _distrust(path)
+    except OSError as error:
+        untrusted = f"unreadable ({type(error).__name__}: {error})"
+    if untrusted:
+        warnings.warn(f"Cached radar gesture set {path} is not trusted ({untrusted}); "
+                      "regenerating it. Point KERAS_HOME at a folder of your own to keep a "
+                      "cache.", stacklevel=3)
+        return None
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in names}
@@ -855,6 +899,8 @@ def _write_cache(path, key, arrays):
         buffer = io.BytesIO()
         np.savez(buffer, sha256=np.array(_checksum(arrays)), key=np.array(key), **arrays)
         atomic.write_bytes(path, buffer.getvalue())
+        if os.name == "posix" and _shared(folder):  # else it is distrusted when read back
+            os.chmod(path, os.stat(path).st_mode & ~(stat.S_IWGRP | stat.S_IWOTH))
     except OSError as error:
         warnings.warn(f"Could not cache the radar gesture set at {path}: {error}", stacklevel=3)
 

@@ -11,6 +11,7 @@ LOW is a size known to fail (-1: none), HIGH one known to allocate (0: none),
 RECORDED the recording allocator's total (0: measure it). Imports no keras_egt (fast).
 """
 
+import hashlib
 import json
 import os
 import re
@@ -96,16 +97,50 @@ def main(path, zero_point, shape, low, high, recorded):
     say("verified", high)
 
 
+def verified_bytes(path, sha256):
+    """The bytes of `path` if their SHA-256 is `sha256` and LiteRT's verifier accepts them.
+
+    The parent checked the file against the manifest, but the file can be swapped
+    between that check and this read, so the bytes TFLM will see are checked here.
+    TFLM's Python interpreter runs no flatbuffer verifier (a stride of 0 or a weight
+    buffer cut to 4 bytes reads out of bounds); LiteRT's interpreter verifies the
+    flatbuffer and its ops' parameters when it builds and allocates, so it runs first.
+    Raises ValueError (reported as "fail K ...") otherwise.
+    """
+    with open(path, "rb") as f:
+        model = f.read()
+    digest = hashlib.sha256(model).hexdigest()
+    if digest != sha256:
+        raise ValueError(f"{os.path.basename(path)!r} changed after it was checked (sha256 {digest[:16]}..., "
+                         f"the manifest's {str(sha256)[:16]}...); refusing to run it. "
+                         "Re-export the model.")
+    try:
+        from ai_edge_litert import interpreter as litert
+    except ImportError:
+        raise ValueError("no flatbuffer verifier: TFLM segments are verified by LiteRT "
+                         "first; pip install ai-edge-litert.") from None
+    try:
+        interpreter = litert.Interpreter(
+            model_content=model,
+            experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as error:
+        raise ValueError(f"{os.path.basename(path)!r} is not a valid TFLite flatbuffer (LiteRT's verifier: "
+                         f"{' '.join(str(error).split())[:200]}); refusing it before TFLM "
+                         "reads it. Re-export the model.") from None
+    return model
+
+
 def check(job):
-    """`--check JOB`: allocate and run each {path, arena, zero_point, shape, index} of the
-    JSON list JOB; says "try K", then "ok K" or "fail K message". A crash shows as the
-    process's exit code after "try K"."""
+    """`--check JOB`: allocate and run each {path, sha256, arena, zero_point, shape, index}
+    of the JSON list JOB; says "try K", then "ok K" or "fail K message". A crash shows as
+    the process's exit code after "try K". The file's bytes must match `sha256` and pass
+    LiteRT's verifier (`verified_bytes`) before TFLM sees them."""
     for item in json.loads(job):
         say("try", item["index"])
 
         def run():
-            with open(item["path"], "rb") as f:
-                model = f.read()
+            model = verified_bytes(item["path"], item["sha256"])
             sample = np.full(tuple(item["shape"]), item["zero_point"], np.int8)
             interpreter = tflm.Interpreter.from_bytes(model, arena_size=int(item["arena"]))
             interpreter.get_input_details(0)
@@ -138,6 +173,9 @@ def serve():
 
 
 if __name__ == "__main__":
+    import _lifetime  # this script's own folder is sys.path[0]; stdlib only, like this file
+
+    _lifetime.die_with_parent()
     if sys.argv[1] == "--check":
         check(sys.argv[2])
         sys.exit(0)

@@ -11,6 +11,7 @@ import tempfile
 import keras
 import numpy as np
 
+from keras_egt import atomic
 from keras_egt.cascade import resolve_criterion, resolve_thresholds
 from keras_egt.export import _lifetime
 from keras_egt.export import runtime as rt
@@ -49,7 +50,58 @@ _STAGING = r"\.{name}\.(?:tmp|old)-(\d+)-.*"
 _JOB_TMP_PATTERN = r"keras_egt_export_(\d+)_.*"
 
 
-def _check_out_dir(out_dir, overwrite):
+def _is_deploy_folder(folder):
+    """Whether `folder` holds a manifest.json that `validate_manifest` accepts."""
+    from keras_egt.export.manifest import validate_manifest
+
+    try:
+        with open(os.path.join(folder, rt.MANIFEST), encoding="utf-8") as f:
+            validate_manifest(json.load(f))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _refuse_replacing(out_dir, inputs):
+    """Raises a ValueError if replacing `out_dir` would delete what is not an old export."""
+    real = os.path.realpath(out_dir)
+    here = os.path.realpath(os.getcwd())
+    if here == real or here.startswith(real.rstrip(os.sep) + os.sep):
+        raise ValueError(
+            f"out_dir {out_dir!r} is the current folder or holds it; it is never replaced. "
+            "Choose a new folder for the deploy files, e.g. deploy/ (overwrite / --overwrite "
+            "only replaces an earlier deploy folder)."
+        )
+    for path in inputs:
+        path = os.path.realpath(os.fspath(path))
+        if path == real or path.startswith(real.rstrip(os.sep) + os.sep):
+            raise ValueError(
+                f"out_dir {out_dir!r} holds the input {path!r}; it is never replaced. "
+                "Choose a new folder for the deploy files (overwrite / --overwrite only "
+                "replaces an earlier deploy folder)."
+            )
+    if not _is_deploy_folder(out_dir):
+        raise ValueError(
+            f"out_dir {out_dir!r} exists, is not empty and is not a deploy folder (no valid "
+            f"{rt.MANIFEST}); overwrite / --overwrite only replaces an earlier deploy folder. "
+            "Choose a new or empty folder."
+        )
+
+
+def _check_out_dir(out_dir, overwrite, inputs=()):
+    """`out_dir` as an absolute path, or a clear error before any work.
+
+    A non-empty `out_dir` is only replaced (with `overwrite`) when it is an earlier
+    deploy folder; never the current folder, one holding it or one holding an input.
+
+    Args:
+        out_dir: the deploy folder to create.
+        overwrite: whether an earlier deploy folder there may be replaced.
+        inputs: paths the export reads (e.g. the model file), never deleted.
+
+    Returns:
+        The absolute `out_dir`.
+    """
     out_dir = os.path.abspath(os.fspath(out_dir))
     ancestor = os.path.dirname(out_dir)
     while not os.path.exists(ancestor) and os.path.dirname(ancestor) != ancestor:
@@ -62,31 +114,20 @@ def _check_out_dir(out_dir, overwrite):
     if os.path.exists(out_dir):
         if not os.path.isdir(out_dir):
             raise ValueError(f"out_dir {out_dir!r} exists and is not a folder.")
-        if os.listdir(out_dir) and not overwrite:
-            raise ValueError(
-                f"out_dir {out_dir!r} exists and is not empty; pass overwrite=True "
-                "(--overwrite) to replace it, or choose another folder."
-            )
+        if os.listdir(out_dir):
+            _refuse_replacing(out_dir, inputs)
+            if not overwrite:
+                raise ValueError(
+                    f"out_dir {out_dir!r} holds an earlier export; pass overwrite=True "
+                    "(--overwrite) to replace it, or choose another folder."
+                )
     return out_dir
 
 
 def _publish(tmp_dir, out_dir):
-    """Moves the finished folder into place (renames only; the old one goes last)."""
+    """Moves the finished folder into place (see `atomic.publish_folder`)."""
     _lifetime.check_parent()
-    trash = None
-    if os.path.exists(out_dir):
-        trash = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-{os.getpid()}-",
-                                 dir=os.path.dirname(out_dir))
-        os.rmdir(trash)
-        os.rename(out_dir, trash)
-    try:
-        os.rename(tmp_dir, out_dir)
-    except OSError:
-        if trash is not None:
-            os.rename(trash, out_dir)
-        raise
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
+    atomic.publish_folder(tmp_dir, out_dir, last=rt.MANIFEST)
 
 
 def _tensor_spec(t):
@@ -305,7 +346,10 @@ def export_cascade(model, out_dir, representative_data, threshold=0.9, class_nam
     from keras_egt.export import _deps
 
     _deps.tensorflow()
-    with _lifetime.terminate_raises():
+    from keras_egt.locks import writer_lock
+
+    # Only here, in the process that publishes: another backend's TensorFlow worker comes here.
+    with _lifetime.terminate_raises(), writer_lock(out_dir, "deploy folder"):
         tmp_dir = _staging_folder(out_dir)
         try:
             manifest = _export_into(tmp_dir, model, data, thresholds, class_names, verbose,
@@ -325,10 +369,10 @@ def _staging_folder(out_dir):
     parent, name = os.path.split(out_dir)
     try:
         os.makedirs(parent, exist_ok=True)
-        _lifetime.remove_stale(parent, _STAGING.format(name=re.escape(name)))
+        _lifetime.remove_stale(parent, _STAGING.format(name=re.escape(atomic.staging_tag(name))))
         _lifetime.remove_stale(tempfile.gettempdir(), _JOB_TMP_PATTERN)
         _lifetime.remove_stale(tempfile.gettempdir(), rt.ARENA_TMP_PATTERN)
-        return tempfile.mkdtemp(prefix=f".{name}.tmp-{os.getpid()}-", dir=parent)
+        return tempfile.mkdtemp(prefix=f".{atomic.staging_tag(name)}.tmp-{os.getpid()}-", dir=parent)
     except OSError as error:
         raise PermissionError(
             f"cannot create the deploy folder {out_dir!r}: {error.strerror or error} "

@@ -15,8 +15,10 @@ manifest is checked the same way wherever it is read:
 * `manifest_sha256`, the SHA-256 of the manifest's canonical content (sorted keys,
   no whitespace, `manifest_sha256` itself left out), matches. The exporter writes it;
   `egt_manifest.h` records it as `EGT_MANIFEST_SHA256` and `load_manifest` checks
-  that a folder's `egt_manifest.h` carries the same digest, so stale C sources are
-  refused too. Segment files are covered by their own `sha256` in the manifest.
+  that a folder's `egt_manifest.h` carries the same digest; `model_data.c` must list
+  exactly the manifest's segments (file, sha256, length) and `model_data.h` their
+  count and files, so stale C sources are refused too. Segment files are covered by
+  their own `sha256` in the manifest.
 
 Threat model. The digests protect against accidental or silent edits (a threshold
 tuned by hand, an entry deleted, a file copied in from another export, C sources
@@ -48,10 +50,17 @@ MANIFEST_HEADER = "egt_manifest.h"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _SEGMENT_FILE = re.compile(r"segment_(\d+)\.tflite")
 _HEADER_DIGEST = re.compile(r'#define EGT_MANIFEST_SHA256 "([0-9a-f]{64})"')
+MODEL_DATA_C = "model_data.c"
+MODEL_DATA_H = "model_data.h"
+_C_SEGMENT = re.compile(r"/\* (segment_\d+\.tflite), sha256 ([0-9a-f]{64}) \*/")
+_C_LENS = re.compile(r"g_egt_segment_lens\[EGT_MODEL_DATA_NUM_SEGMENTS\] = \{([0-9, ]*)\}")
+_H_COUNT = re.compile(r"#define EGT_MODEL_DATA_NUM_SEGMENTS (\d+)")
+_H_SEGMENT = re.compile(r"extern const unsigned char g_egt_segment_\d+\[\];  /\* (\S+) \*/")
 
 __all__ = [
     "MANIFEST",
     "FORMAT_VERSION",
+    "check_c_sources",
     "load_manifest",
     "manifest_digest",
     "read_segment",
@@ -289,8 +298,8 @@ def load_manifest(deploy_dir):
     """Reads and validates a deploy folder's `manifest.json` (see `validate_manifest`).
 
     Also refuses a folder whose `segment_<k>.tflite` files are not exactly the
-    manifest's segments, and one whose `egt_manifest.h` was generated from another
-    manifest (its `EGT_MANIFEST_SHA256` differs).
+    manifest's segments, and one whose C sources were generated from another
+    manifest (see `check_c_sources`).
 
     Args:
         deploy_dir: a folder written by `keras_egt.export.export_cascade`.
@@ -323,18 +332,82 @@ def load_manifest(deploy_dir):
         raise ValueError(f"{path!r} lists {len(listed)} segments but the folder also holds "
                          f"{extra[:5]}; a segment entry was removed or a file added. "
                          "Re-export the model.")
+    check_c_sources(deploy_dir, manifest)
+    return manifest
+
+
+def _read_text(path):
+    with open(path, encoding="ascii", errors="replace") as f:
+        return f.read()
+
+
+def _stale(path, what, found, expected):
+    return ValueError(
+        f"{path!r} was not generated from this manifest ({what}: {found}; the manifest's: "
+        f"{expected}); regenerate it with keras_egt.export.c_sources.write_c_sources or "
+        "re-export."
+    )
+
+
+def check_c_sources(deploy_dir, manifest):
+    """Refuses C sources in a deploy folder that were generated from another manifest.
+
+    `egt_manifest.h` must carry the manifest's `EGT_MANIFEST_SHA256`; `model_data.c`
+    must list exactly the manifest's segments in order, each with its file name and
+    sha256 (the comment above its array) and its length (`g_egt_segment_lens`);
+    `model_data.h` must declare as many segments, with the same files. A file that
+    is absent is not checked (the C sources are optional in a deploy folder).
+
+    Args:
+        deploy_dir: the deploy folder.
+        manifest: its validated manifest dict.
+
+    Raises:
+        ValueError: naming the stale file and what differs.
+
+    Example:
+    >>> check_c_sources("deploy/", load_manifest("deploy/"))  # doctest: +SKIP
+    """
+    segments = manifest["segments"]
     header = os.path.join(deploy_dir, MANIFEST_HEADER)
     if os.path.isfile(header):
-        with open(header, encoding="ascii", errors="replace") as f:
-            match = _HEADER_DIGEST.search(f.read(1 << 20))
+        match = _HEADER_DIGEST.search(_read_text(header)[: 1 << 20])
         if match is None or match.group(1) != manifest[DIGEST_KEY]:
-            raise ValueError(
-                f"{header!r} was not generated from this manifest (its EGT_MANIFEST_SHA256 is "
-                f"{match.group(1)[:16] + '...' if match else 'missing'}, the manifest's "
-                f"{manifest[DIGEST_KEY][:16]}...); regenerate it with "
-                "keras_egt.export.c_sources.write_c_sources or re-export."
-            )
-    return manifest
+            raise _stale(header, "its EGT_MANIFEST_SHA256",
+                         match.group(1)[:16] + "..." if match else "missing",
+                         manifest[DIGEST_KEY][:16] + "...")
+    source = os.path.join(deploy_dir, MODEL_DATA_C)
+    if os.path.isfile(source):
+        text = _read_text(source)
+        listed = _C_SEGMENT.findall(text)
+        expected = [(seg["file"], seg["sha256"]) for seg in segments]
+        if listed != expected:
+            diff = next((k for k, pair in enumerate(zip(listed, expected), 1)
+                         if pair[0] != pair[1]), min(len(listed), len(expected)) + 1)
+            raise _stale(source, f"segment {diff} of {len(listed)}",
+                         _short(listed, diff), _short(expected, diff))
+        lens = _C_LENS.search(text)
+        found = [int(n) for n in lens.group(1).split(",") if n.strip()] if lens else None
+        if found != [seg["flash_bytes"] for seg in segments]:
+            raise _stale(source, "g_egt_segment_lens", found,
+                         [seg["flash_bytes"] for seg in segments])
+    declared = os.path.join(deploy_dir, MODEL_DATA_H)
+    if os.path.isfile(declared):
+        text = _read_text(declared)
+        count = _H_COUNT.search(text)
+        files = _H_SEGMENT.findall(text)
+        expected = [seg["file"] for seg in segments]
+        if count is None or int(count.group(1)) != len(segments) or files != expected:
+            raise _stale(declared, "its segments",
+                         f"{count.group(1) if count else 'no'} count, files {files[:8]}",
+                         f"{len(segments)}, files {expected[:8]}")
+
+
+def _short(pairs, k):
+    if k > len(pairs):
+        return "none"
+    name, digest = pairs[k - 1]
+    return f"{name} sha256 {digest[:16]}..."
 
 
 def _no_constants(name):
