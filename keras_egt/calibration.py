@@ -67,7 +67,7 @@ from keras_egt import atomic
 from keras_egt import cascade as _cascade
 from keras_egt import costs
 from keras_egt import metrics
-from keras_egt.checks import check_fraction, check_labels
+from keras_egt.checks import check_finite_outputs, check_fraction, check_labels, check_number
 
 __all__ = [
     "CalibratedThresholds",
@@ -418,6 +418,35 @@ class CalibratedThresholds(list):
 # The calibrator
 
 
+def check_above_chance(final_labels, y, num_classes, delta):
+    """Raises a ValueError unless the final exit is significantly above chance on `y`.
+
+    One-sided binomial test at the calibration's own level `delta`: under the null
+    "the final exit guesses" (accuracy 1 / num_classes, samples independent), the
+    p-value is `P(Binomial(n, 1 / num_classes) >= correct)`. A p-value above `delta`
+    means the final exit is not shown to beat chance, so "early exit costs no
+    accuracy against it" would certify a cascade of guesses.
+
+    Args:
+        final_labels: the final exit's labels `(n,)`.
+        y: the true labels `(n,)`.
+        num_classes: number of classes.
+        delta: `1 - confidence`.
+    """
+    n = len(y)
+    correct = int(np.sum(np.asarray(final_labels) == np.asarray(y)))
+    p_value = 1.0 - _binomial_cdf(correct - 1, n, 1.0 / num_classes)
+    if p_value > delta:
+        raise ValueError(
+            f"calibrate_thresholds refuses to certify: the final exit is at chance on the "
+            f"calibration data ({correct}/{n} correct = {correct / n:.3f}, chance "
+            f"1/{num_classes} = {1 / num_classes:.3f}; one-sided binomial p-value "
+            f"{p_value:.3g} > delta = {delta:.3g}). Train the model until its final exit "
+            f"beats chance (check batch-norm momentum and the learning rate), or pass more "
+            f"calibration samples. Received: final accuracy={correct / n:.3f}."
+        )
+
+
 def _check_fraction(value, name):
     return check_fraction(value, name, include_one=False)
 
@@ -505,6 +534,7 @@ def calibrate_thresholds(model, x, y=None, max_accuracy_drop=0.005, *, confidenc
     if mac_budget is not None and max_disagreement is not None:
         raise ValueError("give either mac_budget or max_disagreement, not both.")
     if mac_budget is not None:
+        check_number(mac_budget, "mac_budget", minimum=0)
         risk_kind = "macs"
     elif max_disagreement is not None:
         risk_kind = "disagreement"
@@ -523,7 +553,7 @@ def calibrate_thresholds(model, x, y=None, max_accuracy_drop=0.005, *, confidenc
         if model is None or x is None:
             raise ValueError("calibrate_thresholds needs a model and x, or probabilities.")
         probabilities = metrics.exit_probabilities(model, x, batch_size)
-    probabilities = np.asarray(probabilities, np.float64)
+    probabilities = check_finite_outputs(np.asarray(probabilities, np.float64), "probabilities")
     if probabilities.ndim != 3 or probabilities.shape[0] < 2:
         raise ValueError(
             "probabilities must have shape (num_exits >= 2, n, num_classes), got "
@@ -561,6 +591,10 @@ def calibrate_thresholds(model, x, y=None, max_accuracy_drop=0.005, *, confidenc
 
     matrix, path_kind = _path_matrix(path, num_exits - 1)
     final_labels = probabilities[-1].argmax(-1)
+    if risk_kind == "accuracy_drop":
+        # Only this promise is relative to the final exit's accuracy; a MAC bound or an
+        # agreement bound holds whatever the final exit is worth.
+        check_above_chance(final_labels, y, num_classes, delta)
 
     def losses(labels, exits):
         if risk_kind == "accuracy_drop":

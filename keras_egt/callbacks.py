@@ -1,6 +1,10 @@
-"""Training callbacks: the paper's step learning-rate schedule."""
+"""Training callbacks: the paper's step learning-rate schedule, a stop on a NaN loss."""
+
+import math
 
 import keras
+
+from keras_egt.checks import NonFiniteError
 
 
 @keras.saving.register_keras_serializable(package="keras_egt")
@@ -21,12 +25,16 @@ class StepDecay(keras.callbacks.Callback):
 
     def __init__(self, every=15, factor=0.5, verbose=0):
         super().__init__()
-        if int(every) < 1:
-            raise ValueError(f"StepDecay: every must be a positive number of epochs, got {every}.")
-        if not 0 < float(factor) <= 1:
-            raise ValueError(f"StepDecay: factor must be in (0, 1], got {factor}.")
-        self.every = int(every)
-        self.factor = float(factor)
+        # A NaN passes `not 0 < x` checks and int(nan) names no argument: test finiteness.
+        if not _finite(every) or float(every) < 1 or float(every) != int(every):
+            raise ValueError(f"StepDecay: every must be a positive number of epochs, got {every}. "
+                             f"Received: every={every!r}.")
+        if not _finite(factor) or not 0 < float(factor) <= 1:
+            raise ValueError(f"StepDecay: factor must be in (0, 1], got {factor}. "
+                             f"Received: factor={factor!r}.")
+        every, factor = int(every), float(factor)
+        self.every = every
+        self.factor = factor
         self.verbose = verbose
         self.initial_learning_rate = None
 
@@ -54,6 +62,46 @@ class StepDecay(keras.callbacks.Callback):
 
     def get_config(self):
         return {"every": self.every, "factor": self.factor, "verbose": self.verbose}
+
+
+def _finite(value):
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+@keras.saving.register_keras_serializable(package="keras_egt")
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops training with `NonFiniteError`, naming the epoch, once the loss is NaN or Inf.
+
+    Keras' `TerminateOnNaN` only sets `stop_training`, so `fit` returns normally and
+    the caller saves an all-NaN model. Raising instead leaves nothing to save.
+    `keras_egt.recipe.fit` (and so `keras-egt train`) always adds it.
+
+    Example:
+    >>> model.fit(x, y, epochs=5, callbacks=[StopOnNonFinite()])
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def get_config(self):
+        return {}
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.model.stop_training = True
+            raise NonFiniteError(
+                f"the training loss became {float(loss)} at epoch {self._epoch + 1}, batch "
+                f"{batch + 1}: training diverged, so no model is kept. Lower the learning "
+                f"rate or check the data for extreme values. Received: loss={float(loss)}."
+            )
 
 
 class CompactProgbar(keras.callbacks.ProgbarLogger):

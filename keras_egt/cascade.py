@@ -34,7 +34,7 @@ from keras import ops
 
 from keras_egt import costs
 from keras_egt import metrics
-from keras_egt.checks import check_inputs
+from keras_egt.checks import check_finite_outputs, check_inputs
 from keras_egt.exit_rule import (  # noqa: F401  (the exit rule, re-exported)
     CRITERIA,
     NEVER_EXIT,
@@ -140,7 +140,7 @@ class Cascade:
         last = self.model.num_exits - 1
         for k, (stage, head) in enumerate(zip(self.model.stages, self.model.heads)):
             h = stage(h, training=False)
-            p = metrics.softmax(head(h))
+            p = check_finite_outputs(metrics.softmax(head(h)), f"exit {k + 1}'s probabilities")
             if k == last:
                 done = np.ones(len(rows), bool)
             else:

@@ -115,7 +115,7 @@ def check_number(value, name, minimum=None, maximum=None, include_maximum=True):
     """`value` as a finite float in [minimum, maximum] (or [minimum, maximum)), or a ValueError.
 
     Example:
-    >>> check_number(0.99, "batch_norm_momentum", 0, 1, include_maximum=False)
+    >>> check_number(0.99, "batchnorm_momentum", 0, 1, include_maximum=False)
     0.99
     """
     if not _is_real(value) or not math.isfinite(float(value)):
@@ -170,4 +170,41 @@ def check_weights(values, count, name):
     values = tuple(float(v) for v in values)
     if not any(values):
         raise ValueError(f"{name} are all zero: no exit would be trained.")
+    return values
+
+
+class NonFiniteError(FloatingPointError, ValueError):
+    """Model outputs, probabilities or a training loss that are NaN or Inf.
+
+    A `FloatingPointError` and a `ValueError`, so a CLI that maps `ValueError` to
+    one line and exit 2 catches it too.
+    """
+
+
+def check_finite_outputs(values, where, fix="the model's weights are probably NaN or Inf "
+                         "(diverged training); retrain it with a lower learning rate"):
+    """Raises `NonFiniteError` if `values` (logits or probabilities) hold NaN or Inf.
+
+    Calibration on NaN probabilities would otherwise certify threshold 0.0, and a
+    cascade would answer class 0 from exit 1 for every input.
+
+    Args:
+        values: array-like model outputs, e.g. `(K, n, C)` probabilities.
+        where: what the values are, for the message.
+        fix: the fix named in the message.
+
+    Returns:
+        `values` as a numpy array.
+
+    Example:
+    >>> check_finite_outputs(np.ones((2, 3, 4)), "probabilities").shape
+    (2, 3, 4)
+    """
+    values = np.asarray(values)
+    if np.issubdtype(values.dtype, np.number) and not np.all(np.isfinite(values)):
+        bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+        raise NonFiniteError(
+            f"{where} hold {bad} non-finite values (NaN or Inf) out of {values.size}: {fix}. "
+            f"Received: {where} with {bad} non-finite entries."
+        )
     return values

@@ -64,14 +64,14 @@ def resolve_widths(widths):
     return tuple(values)
 
 
-def cnn_backbone(input_shape, widths="paper", batch_norm_momentum=egt_layers.BATCH_NORM_MOMENTUM,
+def cnn_backbone(input_shape, widths="paper", batchnorm_momentum=egt_layers.BATCH_NORM_MOMENTUM,
                  dtype=None):
     """The paper's backbone: five `ConvBlock`s named `block_1` ... `block_5`.
 
     Args:
         input_shape: `(height, width, channels)`, height and width >= 32.
         widths: as `resolve_widths`.
-        batch_norm_momentum: momentum of the blocks' moving statistics.
+        batchnorm_momentum: momentum of the blocks' moving statistics.
         dtype: the blocks' dtype policy.
 
     Returns:
@@ -95,7 +95,7 @@ def cnn_backbone(input_shape, widths="paper", batch_norm_momentum=egt_layers.BAT
     x = inputs
     for k, width in enumerate(resolve_widths(widths)):
         x = egt_layers.ConvBlock(
-            width, pool=k < NUM_BLOCKS - 1, batch_norm_momentum=batch_norm_momentum,
+            width, pool=k < NUM_BLOCKS - 1, batchnorm_momentum=batchnorm_momentum,
             dtype=dtype, name=f"block_{k + 1}",
         )(x)
     return keras.Model(inputs, x, name="egt_cnn_backbone")
@@ -117,7 +117,7 @@ class EarlyExitCNN(EarlyExitModel):
         exit_weights: 5 per-exit classification-loss weights (default 1 each).
         stop_gradient_target: whether the final map is a fixed target of the
             consistency loss.
-        batch_norm_momentum: momentum of the blocks' moving statistics.
+        batchnorm_momentum: momentum of the blocks' moving statistics.
         attention_hidden_channels: hidden width of every attention module
             (`None`: `max(8, C // 8)`).
         consistency_target: `"final"` or `"next"` (see `EarlyExitModel`).
@@ -139,13 +139,13 @@ class EarlyExitCNN(EarlyExitModel):
         consistency_weight=0.3,
         exit_weights=None,
         stop_gradient_target=True,
-        batch_norm_momentum=egt_layers.BATCH_NORM_MOMENTUM,
+        batchnorm_momentum=egt_layers.BATCH_NORM_MOMENTUM,
         attention_hidden_channels=None,
         consistency_target="final",
         consistency_loss="cosine",
         **kwargs,
     ):
-        momentum = check_number(batch_norm_momentum, "batch_norm_momentum", 0, 1,
+        momentum = check_number(batchnorm_momentum, "batchnorm_momentum", 0, 1,
                                 include_maximum=False)
         self.widths = resolve_widths(widths)
         backbone = cnn_backbone(input_shape, self.widths, momentum, dtype=kwargs.get("dtype"))
@@ -164,7 +164,7 @@ class EarlyExitCNN(EarlyExitModel):
         self._widths_arg = widths if isinstance(widths, str) and widths in WIDTH_PRESETS else (
             self.widths
         )
-        self.batch_norm_momentum = momentum
+        self.batchnorm_momentum = momentum
 
     @property
     def blocks(self):
@@ -178,7 +178,7 @@ class EarlyExitCNN(EarlyExitModel):
         config.update(
             input_shape=self.image_shape,
             widths=self._widths_arg,
-            batch_norm_momentum=self.batch_norm_momentum,
+            batchnorm_momentum=self.batchnorm_momentum,
         )
         return config
 

@@ -39,7 +39,7 @@ from keras_egt import atomic
 from keras_egt import cascade as egt_cascade
 from keras_egt import costs
 from keras_egt import metrics
-from keras_egt.checks import check_labels
+from keras_egt.checks import check_finite_outputs, check_labels
 
 __all__ = ["Report", "compare_markdown", "evaluate", "time_per_sample"]
 
@@ -478,6 +478,7 @@ def evaluate(model, x, y, threshold=0.9, criterion=None, timing=True,
     if len(x) < 2:
         raise ValueError("evaluate needs at least 2 samples (the chance floor pairs samples).")
     outputs = metrics.exit_outputs(model, x, batch_size=batch_size, maps=True)
+    check_finite_outputs(outputs.probabilities, "the exits' probabilities")
     correct = outputs.correct(y)
     rows = np.arange(len(y))
     consistency = metrics.attention_consistency(outputs)

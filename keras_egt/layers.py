@@ -34,7 +34,7 @@ class ConvBlock(keras.layers.Layer):
     Args:
         filters: number of output channels.
         pool: whether to end with 2x2 max pooling (stride 2).
-        batch_norm_momentum: momentum of the moving statistics.
+        batchnorm_momentum: momentum of the moving statistics.
         **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`).
 
     Call arguments:
@@ -51,17 +51,17 @@ class ConvBlock(keras.layers.Layer):
     (1, 32, 32, 64)
     """
 
-    def __init__(self, filters, pool=True, batch_norm_momentum=BATCH_NORM_MOMENTUM, **kwargs):
+    def __init__(self, filters, pool=True, batchnorm_momentum=BATCH_NORM_MOMENTUM, **kwargs):
         super().__init__(**kwargs)
         self.filters = int(filters)
         self.pool = bool(pool)
-        self.batch_norm_momentum = float(batch_norm_momentum)
+        self.batchnorm_momentum = float(batchnorm_momentum)
         # No conv bias: batch norm's beta plays that role (and folds away at export).
         self.conv = keras.layers.Conv2D(
             self.filters, 3, padding="same", use_bias=False, dtype=self.dtype_policy, name="conv"
         )
         self.bn = keras.layers.BatchNormalization(
-            momentum=self.batch_norm_momentum, dtype=self.dtype_policy, name="bn"
+            momentum=self.batchnorm_momentum, dtype=self.dtype_policy, name="bn"
         )
         self.pooling = (
             keras.layers.MaxPooling2D(2, dtype=self.dtype_policy, name="pool") if self.pool else None
@@ -87,7 +87,7 @@ class ConvBlock(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            filters=self.filters, pool=self.pool, batch_norm_momentum=self.batch_norm_momentum
+            filters=self.filters, pool=self.pool, batchnorm_momentum=self.batchnorm_momentum
         )
         return config
 

@@ -109,7 +109,7 @@ def _pools(stages):
     return sum(block.endswith("p") for stage in stages for block in stage)
 
 
-def mcu_backbone(input_shape, stages="mcu", batch_norm_momentum=egt_layers.BATCH_NORM_MOMENTUM,
+def mcu_backbone(input_shape, stages="mcu", batchnorm_momentum=egt_layers.BATCH_NORM_MOMENTUM,
                  dtype=None):
     """The backbone of `EarlyExitMCU`: stage k ends at a layer named `stage_k`.
 
@@ -117,7 +117,7 @@ def mcu_backbone(input_shape, stages="mcu", batch_norm_momentum=egt_layers.BATCH
         input_shape: `(height, width, channels)`; height and width must survive the
             stages' 2x2 poolings (at least 1 pixel left).
         stages: as `resolve_stages`.
-        batch_norm_momentum: momentum of the batch norms' moving statistics.
+        batchnorm_momentum: momentum of the batch norms' moving statistics.
         dtype: the layers' dtype policy.
 
     Returns:
@@ -143,7 +143,7 @@ def mcu_backbone(input_shape, stages="mcu", batch_norm_momentum=egt_layers.BATCH
             "the inputs or drop a 'p'."
         )
     options = {"dtype": dtype}
-    norm = {"momentum": batch_norm_momentum, **options}
+    norm = {"momentum": batchnorm_momentum, **options}
     inputs = keras.Input(tuple(int(d) for d in input_shape), name="image")
     x = inputs
     for k, stage in enumerate(stages, start=1):
@@ -187,7 +187,7 @@ class EarlyExitMCU(EarlyExitModel):
         stages: a preset name (`"mcu"`), a block string or nested lists (see
             `resolve_stages`).
         consistency_weight: λ >= 0, or one λ per early exit.
-        batch_norm_momentum: momentum of the batch norms' moving statistics.
+        batchnorm_momentum: momentum of the batch norms' moving statistics.
         **kwargs: the other `EarlyExitModel` arguments (`exit_weights`,
             `attention_hidden_channels`, `head_grid`, `consistency_target`, ...) and
             `keras.Model` ones (`name`, `dtype`).
@@ -200,8 +200,8 @@ class EarlyExitMCU(EarlyExitModel):
     """
 
     def __init__(self, num_classes, input_shape, stages="mcu", consistency_weight=0.3,
-                 batch_norm_momentum=egt_layers.BATCH_NORM_MOMENTUM, **kwargs):
-        momentum = check_number(batch_norm_momentum, "batch_norm_momentum", 0, 1,
+                 batchnorm_momentum=egt_layers.BATCH_NORM_MOMENTUM, **kwargs):
+        momentum = check_number(batchnorm_momentum, "batchnorm_momentum", 0, 1,
                                 include_maximum=False)
         self.stages_spec = resolve_stages(stages)
         backbone = mcu_backbone(input_shape, self.stages_spec, momentum,
@@ -210,14 +210,14 @@ class EarlyExitMCU(EarlyExitModel):
                          num_classes, consistency_weight=consistency_weight, **kwargs)
         self._stages_arg = stages if isinstance(stages, str) and stages in MCU_PRESETS else (
             [list(stage) for stage in self.stages_spec])
-        self.batch_norm_momentum = momentum
+        self.batchnorm_momentum = momentum
 
     def get_config(self):
         config = super().get_config()
         for key in ("backbone", "exit_layers"):
             config.pop(key)
         config.update(input_shape=self.image_shape, stages=self._stages_arg,
-                      batch_norm_momentum=self.batch_norm_momentum)
+                      batchnorm_momentum=self.batchnorm_momentum)
         return config
 
     @classmethod

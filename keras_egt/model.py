@@ -1,12 +1,14 @@
 """`EarlyExitModel`: any Keras backbone with an attention exit at chosen layers, trained with EGT."""
 
+import warnings
+
 import keras
 import numpy as np
 from keras import ops
 
 from keras_egt import callbacks as egt_callbacks
 from keras_egt import layers as egt_layers
-from keras_egt.checks import check_inputs, check_int, check_labels, check_weights
+from keras_egt.checks import check_inputs, check_int, check_labels, check_number, check_weights
 from keras_egt.losses import check_consistency_options, consistency_terms, exit_consistencies
 from keras_egt.losses import weighted_consistency
 from keras_egt.stages import split_backbone
@@ -53,6 +55,12 @@ class EarlyExitModel(keras.Model):
         attention_hidden_channels: hidden width of every attention module
             (`None`: `max(8, C // 8)`).
         head_grid: cells per side of the heads' pooled grid (see `ExitHead`).
+        batchnorm_momentum: a momentum in [0, 1) set on every `BatchNormalization`
+            layer of the backbone, or None to keep theirs. Keras' default 0.99 leaves
+            the moving statistics near their initial values for hundreds of steps on
+            a small data set: the model trains well and predicts at chance. With
+            None, a backbone with such batch norms gets one warning naming them;
+            0.9 (PyTorch's 0.1) is what `EarlyExitCNN` and `EarlyExitMCU` use.
         **kwargs: `keras.Model` arguments (`name`, `dtype`, e.g.
             `dtype="mixed_bfloat16"`).
 
@@ -86,9 +94,15 @@ class EarlyExitModel(keras.Model):
         head_grid=4,
         consistency_target="final",
         consistency_loss="cosine",
+        batchnorm_momentum=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if batchnorm_momentum is not None:
+            batchnorm_momentum = check_number(batchnorm_momentum, "batchnorm_momentum", 0, 1,
+                                               include_maximum=False)
+        _set_batchnorm_momentum(backbone, batchnorm_momentum)
+        self.batchnorm_momentum = batchnorm_momentum
         stages = split_backbone(backbone, exit_layers)
         num_exits = len(stages)
         image_shape = tuple(backbone.inputs[0].shape[1:])
@@ -320,6 +334,7 @@ class EarlyExitModel(keras.Model):
             head_grid=self.head_grid,
             consistency_target=self.consistency_target,
             consistency_loss=self.consistency_loss,
+            batchnorm_momentum=self.batchnorm_momentum,
         )
         return config
 
@@ -329,6 +344,31 @@ class EarlyExitModel(keras.Model):
         if isinstance(config.get("backbone"), dict):
             config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         return cls(**config)
+
+
+# Keras' BatchNormalization default; at or above it the moving statistics lag.
+_SLOW_MOMENTUM = 0.99
+
+
+def _set_batchnorm_momentum(backbone, momentum):
+    """Sets `momentum` on the backbone's batch norms, or warns once about slow ones (None)."""
+    norms = [layer for layer in backbone._flatten_layers(include_self=False)
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    if momentum is not None:
+        for layer in norms:
+            layer.momentum = momentum
+        return
+    slow = [layer.name for layer in norms if layer.momentum >= _SLOW_MOMENTUM]
+    if slow:
+        shown = ", ".join(slow[:8]) + (f" and {len(slow) - 8} more" if len(slow) > 8 else "")
+        warnings.warn(
+            f"EarlyExitModel: {len(slow)} BatchNormalization layers of the backbone keep a "
+            f"momentum >= {_SLOW_MOMENTUM} ({shown}). On a small data set their moving "
+            "statistics stay near the initial values, so the model can train well and "
+            "predict at chance. Pass batchnorm_momentum=0.9 to set them. Received: "
+            f"momentum={max(layer.momentum for layer in norms):g}.",
+            stacklevel=3,
+        )
 
 
 def _copy_metrics(metrics):

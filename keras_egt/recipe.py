@@ -7,16 +7,31 @@ reaches every one of them.
 
 import keras
 
-from keras_egt.callbacks import StepDecay
+from keras_egt.callbacks import StepDecay, StopOnNonFinite
+from keras_egt.checks import NonFiniteError, check_number
 
 __all__ = ["BATCH_SIZE", "DECAY_EVERY", "DECAY_FACTOR", "EPOCHS", "LEARNING_RATE",
-           "compile_model", "fit", "schedule"]
+           "NonFiniteError", "check_learning_rate", "compile_model", "fit", "schedule"]
 
 LEARNING_RATE = 1e-3
 DECAY_EVERY = 15
 DECAY_FACTOR = 0.5
 EPOCHS = 50
 BATCH_SIZE = 32
+
+
+def check_learning_rate(learning_rate):
+    """`learning_rate` as a finite float > 0, or a ValueError (inf trains an all-NaN model).
+
+    Example:
+    >>> check_learning_rate(1e-3)
+    0.001
+    """
+    rate = check_number(learning_rate, "learning_rate", minimum=0)
+    if rate == 0:
+        raise ValueError("learning_rate must be > 0 (0 trains nothing), e.g. 1e-3. "
+                         "Received: learning_rate=0.")
+    return rate
 
 
 def compile_model(model, learning_rate=LEARNING_RATE, metrics=("accuracy",)):
@@ -33,7 +48,8 @@ def compile_model(model, learning_rate=LEARNING_RATE, metrics=("accuracy",)):
     Example:
     >>> compile_model(model).fit(x, y, callbacks=schedule())
     """
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), metrics=list(metrics))
+    model.compile(optimizer=keras.optimizers.Adam(check_learning_rate(learning_rate)),
+                  metrics=list(metrics))
     return model
 
 
@@ -61,10 +77,15 @@ def fit(model, x, y=None, epochs=EPOCHS, batch_size=BATCH_SIZE, learning_rate=LE
     Returns:
         The `History` of `model.fit`.
 
+    Raises:
+        ValueError: a hyperparameter is not finite or out of range (before any step).
+        NonFiniteError: the loss became NaN or Inf (`StopOnNonFinite`); a
+            `FloatingPointError` and a `ValueError`, raised before anything is saved.
+
     Example:
     >>> history = egt.recipe.fit(model, x_train, y_train, validation_split=0.15)
     """
+    plan = [*schedule(decay_every, decay_factor), StopOnNonFinite()]
     compile_model(model, learning_rate)
     return model.fit(x, y, epochs=epochs, batch_size=batch_size,
-                     callbacks=[*schedule(decay_every, decay_factor), *(callbacks or [])],
-                     **kwargs)
+                     callbacks=[*plan, *(callbacks or [])], **kwargs)

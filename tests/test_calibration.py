@@ -283,7 +283,11 @@ def setup():
 
 
 def test_real_model_calibration_matches_a_cascade_run(setup):
-    model, x, y, probabilities = setup
+    model, x, _, probabilities = setup
+    # The untrained model is at chance on the blob labels, which calibration now
+    # refuses; labels the final exit gets 3 in 4 right keep the comparison meaningful.
+    y = probabilities[-1].argmax(-1)
+    y[::4] = (y[::4] + 1) % 3
     cal = calibrate_thresholds(model, x, y, 0.1, confidence=0.8)
     again = calibrate_thresholds(model, None, y, 0.1, confidence=0.8, probabilities=probabilities)
     assert list(cal) == list(again)

@@ -42,8 +42,8 @@ def test_bad_exit_weights_are_refused(weights, message):
     (dict(num_classes=2.5), "num_classes must be a whole number, got 2.5"),
     (dict(num_classes=True), "num_classes must be a whole number"),
     (dict(num_classes=1), "num_classes must be >= 2"),
-    (dict(batch_norm_momentum=5), r"batch_norm_momentum must lie in \[0, 1\)"),
-    (dict(batch_norm_momentum=math.nan), "batch_norm_momentum must be a finite number"),
+    (dict(batchnorm_momentum=5), r"batchnorm_momentum must lie in \[0, 1\)"),
+    (dict(batchnorm_momentum=math.nan), "batchnorm_momentum must be a finite number"),
     (dict(attention_hidden_channels=0), "attention_hidden_channels must be >= 1"),
     (dict(attention_hidden_channels=2.5), "attention_hidden_channels must be a whole number"),
 ])

@@ -46,7 +46,7 @@ def test_conv_block_layer():
     x = np.random.default_rng(3).normal(size=(2, 8, 8, 3)).astype("float32")
     # conv kernel, gamma, beta; moving mean and variance.
     layer, out = run_layer_test(
-        layers.ConvBlock, {"filters": 6, "batch_norm_momentum": 0.8}, x, (2, 4, 4, 6),
+        layers.ConvBlock, {"filters": 6, "batchnorm_momentum": 0.8}, x, (2, 4, 4, 6),
         expected_num_trainable_weights=3, expected_num_non_trainable_weights=2,
     )
     kernel = to_numpy(layer.conv.kernel)

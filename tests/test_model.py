@@ -166,7 +166,7 @@ def test_fit_learns_every_exit_in_inference_mode():
     assert scores["consistency_loss"] == pytest.approx(1 - np.mean(per_exit), abs=1e-4)
 
 
-def test_batch_norm_momentum_default_tracks_statistics():
+def test_batchnorm_momentum_default_tracks_statistics():
     x, y = blob_task(64)
     model = _tiny()
     model.compile("adam")
