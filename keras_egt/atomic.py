@@ -5,10 +5,16 @@ export worker's result) goes through `atomic_output`.
 """
 
 import contextlib
+import hashlib
 import os
+import shutil
 import tempfile
 
-__all__ = ["atomic_output", "write_bytes", "write_text"]
+__all__ = ["atomic_output", "publish_folder", "staging_tag", "write_bytes", "write_text"]
+
+# Longest folder name used whole in a staging name `.<name>.tmp-<pid>-<8 random>`,
+# which must stay within NAME_MAX (255 bytes on common file systems).
+_TAG_MAX = 200
 
 
 @contextlib.contextmanager
@@ -58,3 +64,63 @@ def write_bytes(path, data):
         with open(tmp, "wb") as f:
             f.write(data)
     return path
+
+
+def staging_tag(name):
+    """`name` for a staging name next to it: shortened (with a digest) when long.
+
+    Args:
+        name: the base name of the folder being staged.
+
+    Returns:
+        `name` itself, or at most 200 bytes of it and a digest, so distinct long
+        names give distinct tags and `.<tag>.tmp-<pid>-XXXXXXXX` fits NAME_MAX.
+
+    Example:
+    >>> staging_tag("deploy")
+    'deploy'
+    """
+    raw = name.encode("utf-8")
+    if len(raw) <= _TAG_MAX:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:12]
+    return raw[:_TAG_MAX - 13].decode("utf-8", "ignore") + "-" + digest
+
+
+def publish_folder(tmp_dir, out_dir, last=None):
+    """Moves the finished folder `tmp_dir` to `out_dir` as one unit (renames only).
+
+    An existing empty `out_dir` is filled rather than replaced (its mode, owner and
+    inode stay), the file `last` moved in last; an existing `out_dir` is renamed
+    away first and removed only once the new one is in place (put back on failure);
+    a replaced symlink is unlinked, its target left alone.
+
+    Args:
+        tmp_dir: the staged folder, next to `out_dir`.
+        out_dir: where it goes.
+        last: a file name moved last when filling (its presence marks a complete folder).
+
+    Example:
+    >>> publish_folder(".deploy.tmp-42-abc", "deploy", last="manifest.json")
+    """
+    if os.path.isdir(out_dir) and not os.path.islink(out_dir) and not os.listdir(out_dir):
+        for name in sorted(os.listdir(tmp_dir), key=lambda n: n == last):
+            os.rename(os.path.join(tmp_dir, name), os.path.join(out_dir, name))
+        os.rmdir(tmp_dir)
+        return
+    trash = None
+    if os.path.lexists(out_dir):
+        trash = tempfile.mkdtemp(prefix=f".{staging_tag(os.path.basename(out_dir))}.old-"
+                                 f"{os.getpid()}-", dir=os.path.dirname(out_dir))
+        os.rmdir(trash)
+        os.rename(out_dir, trash)
+    try:
+        os.rename(tmp_dir, out_dir)
+    except OSError:
+        if trash is not None:
+            os.rename(trash, out_dir)
+        raise
+    if trash is not None and os.path.islink(trash):
+        os.unlink(trash)
+    elif trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)

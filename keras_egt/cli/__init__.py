@@ -6,6 +6,7 @@ parsed arguments and returns the exit code.
 """
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -15,15 +16,57 @@ _COMMAND_MODULES = ["demo", "data", "train", "tune", "evaluate", "explain", "exp
 
 class CLIError(Exception):
     """Bad input or a missing file: reported as one line, exit code 2 (as are
-    ValueError, FileNotFoundError, PermissionError and ImportError)."""
+    ValueError, ImportError and every OSError)."""
+
+
+# What to do about an OSError the system raised, by errno.
+_FIXES = {
+    errno.ENOSPC: "free some disk space or choose a folder on another disk",
+    errno.EROFS: "the file system is read-only; choose a folder you can write to",
+    errno.EISDIR: "it is a folder; name a file",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; check the path",
+    errno.EBUSY: "it is in use (a mount point?); choose another path",
+    errno.ENAMETOOLONG: "the name is too long; choose a shorter one",
+    errno.EACCES: "choose a path you can read and write",
+    errno.EPERM: "choose a path you can read and write",
+    errno.ENOENT: "check the path",
+    errno.EEXIST: "remove it or choose another path",
+}
+
+
+def describe_os_error(error):
+    """One line naming the file of an OSError and the fix.
+
+    Args:
+        error: an `OSError` (raised by the system, or by keras-egt with its own message).
+
+    Returns:
+        The message, without newlines.
+
+    Example:
+    >>> describe_os_error(OSError(errno.ENOSPC, "No space left on device", "out.keras"))
+    "out.keras: No space left on device; free some disk space or choose a folder on another disk."
+    """
+    if error.errno is None or error.strerror is None:
+        message = str(error) or type(error).__name__
+    else:
+        where = error.filename if error.filename is not None else "a file"
+        if error.filename2 is not None:
+            where = f"{where} -> {error.filename2}"
+        fix = _FIXES.get(error.errno, "check the path and try again")
+        message = f"{where}: {error.strerror}; {fix}."
+    return " ".join(message.split())
 
 
 def build_parser():
+    from keras_egt import __version__
+
     parser = argparse.ArgumentParser(
         prog="keras-egt",
         description="Explanation-Guided Training of early-exit CNNs, from data to "
         "microcontroller.",
     )
+    parser.add_argument("--version", action="version", version=f"keras-egt {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name in _COMMAND_MODULES:
@@ -32,14 +75,33 @@ def build_parser():
 
 
 def main(argv=None):
-    """Runs `keras-egt`; returns the exit code (0 on success, 2 on bad input)."""
+    """Runs `keras-egt`; returns the exit code.
+
+    The one error rule of the command line: bad input, a missing package and every
+    `OSError` (disk full, read-only, a folder where a file goes, ...) end in one
+    line on stderr and exit code 2; Ctrl-C in one line and exit code 130. Writers
+    stage their output, so neither leaves anything half-written.
+
+    Args:
+        argv: the arguments (default `sys.argv[1:]`).
+
+    Returns:
+        0 on success, 2 on bad input or a file problem, 130 when interrupted.
+    """
     args = build_parser().parse_args(argv)
+    prefix = f"keras-egt {args.command}: error:"
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"keras-egt {args.command}: interrupted; what was being written was not "
+              "kept. Run the command again.", file=sys.stderr)
+        return 130
     # ImportError: an optional package is missing (the message names the extra).
-    # PermissionError: a folder that cannot be created (the message names it).
-    except (CLIError, FileNotFoundError, PermissionError, ValueError, ImportError) as error:
-        print(f"keras-egt {args.command}: error: {error}", file=sys.stderr)
+    except (CLIError, ValueError, ImportError) as error:
+        print(f"{prefix} {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"{prefix} {describe_os_error(error)}", file=sys.stderr)
         return 2
 
 

@@ -1,11 +1,12 @@
 """`keras-egt data`: look at the data a model will be trained on.
 
     keras-egt data show [--output radar_gestures.png] [--seed 0] [--num-train 1363]
-    keras-egt data show --npz my_radar.npz          # your own data instead
+    keras-egt data show --data my_radar.npz         # your own data instead
 
 writes one example per class and channel as a PNG.
 """
 
+import argparse
 import os
 import sys
 
@@ -22,7 +23,10 @@ def register(subparsers):
         "(time runs left to right).")
     show.add_argument("--output", "-o", default="radar_gestures.png", help="PNG to write")
     source = show.add_mutually_exclusive_group()
-    source.add_argument("--npz", help="show an .npz data set instead of the built-in one")
+    source.add_argument("--data", dest="npz", metavar="PATH.npz",
+                        help="show an .npz data set instead of the built-in one")
+    # The old name, kept working but no longer shown: --data, like every other command.
+    source.add_argument("--npz", dest="npz", help=argparse.SUPPRESS)
     source.add_argument("--folder", help="show a folder data set (one sub-folder per class)")
     show.add_argument("--seed", type=int, default=0, help="seed of the built-in set")
     show.add_argument("--num-train", type=int, default=1363,
@@ -42,8 +46,14 @@ def _error(message):
 
 def show_command(args):
     """Handler of `keras-egt data show`; returns the exit code."""
+    from keras_egt.cli import train as common
     from keras_egt.datasets import loaders, radar_gestures
 
+    if not args.output.lower().endswith(".png"):
+        return _error(f"--output must be a .png file, got {args.output!r}.")
+    common.check_output_file(args.output, "--output", inputs=[args.npz])
+    if args.npz:
+        common.check_input_file(args.npz, "data file")
     try:
         if args.npz or args.folder:
             if args.folder:

@@ -2,6 +2,8 @@
 
 import json
 import os
+import shutil
+import tempfile
 import time
 
 from keras_egt import atomic
@@ -45,12 +47,6 @@ def register(subparsers):
 
 
 def run(args):
-    import keras
-    import numpy as np
-
-    import keras_egt as egt
-    from keras_egt.datasets import radar_gestures
-
     settings = dict(FULL if args.full else QUICK)
     if args.epochs is not None:
         if args.epochs < 1:
@@ -69,8 +65,77 @@ def run(args):
         raise ValueError("--lambda must be > 0 for the EGT model (the baseline is λ = 0).")
     if args.calibration_users < 2:
         raise ValueError(f"--calibration-users must be >= 2, got {args.calibration_users}.")
-    out = os.path.abspath(args.output)
-    os.makedirs(out, exist_ok=True)
+    final = _check_output(os.path.abspath(args.output))
+    stage = _staging_folder(final)
+    try:
+        code = _run_into(args, settings, architecture, stage, final)
+        if args.no_export:  # summary.json marks a demo output even without the export
+            atomic.write_text(os.path.join(stage, "summary.json"), json.dumps(
+                {"producer": DEMO_PRODUCER, "preset": settings["preset"],
+                 "architecture": settings["architecture"]}, indent=2) + "\n")
+        atomic.publish_folder(stage, final, last="summary.json")
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    print(f"Wrote {final}/ (report.md, plots, models"
+          f"{'' if args.no_export else ', deploy/'}).")
+    return code
+
+
+# Written into summary.json: a folder holding it is an earlier demo output, which a
+# rerun may replace whole.
+DEMO_PRODUCER = "keras-egt demo"
+
+
+def _is_demo_output(folder):
+    """Whether `folder` is empty or holds the summary.json of a demo."""
+    if not os.listdir(folder):
+        return True
+    try:
+        with open(os.path.join(folder, "summary.json"), encoding="utf-8") as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return False
+    # Demos before DEMO_PRODUCER wrote "preset" and "cascades".
+    return isinstance(summary, dict) and (summary.get("producer") == DEMO_PRODUCER or
+                                          {"preset", "cascades"} <= set(summary))
+
+
+def _check_output(out):
+    """`out` if the demo may write it (new, empty, or an earlier demo's output), else a
+    ValueError before any work."""
+    here = os.path.realpath(os.getcwd())
+    real = os.path.realpath(out)
+    if here == real or here.startswith(real.rstrip(os.sep) + os.sep):
+        raise ValueError(f"--output {out} is the current folder or holds it; the demo "
+                         "replaces its output folder whole. Choose e.g. --output egt-demo.")
+    if os.path.lexists(out):
+        if not os.path.isdir(out):
+            raise ValueError(f"--output {out} exists and is not a folder; choose another "
+                             "--output.")
+        if not _is_demo_output(out):
+            raise ValueError(f"--output {out} is not empty and holds no summary.json of an "
+                             "earlier demo; the demo only replaces its own output. Choose "
+                             "another --output.")
+    return out
+
+
+def _staging_folder(out):
+    """A fresh `.<name>.tmp-<pid>-*` folder next to `out`, the whole run's output."""
+    parent, name = os.path.split(out)
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=f".{atomic.staging_tag(name)}.tmp-{os.getpid()}-",
+                            dir=parent)
+
+
+def _run_into(args, settings, architecture, out, final):
+    """The six demo steps, writing into the staging folder `out` (published as `final`)."""
+    import keras
+    import numpy as np
+
+    import keras_egt as egt
+    from keras_egt.datasets import radar_gestures
+
     started = time.time()
 
     print(f"[1/6] Loading the simulated radar gesture set ({args.num_train} train / {args.num_test} test).")
@@ -104,6 +169,7 @@ def run(args):
         for name, model in models.items()
     }
     egt_model = models[egt_name]
+    print(f"      Calibrating the thresholds on {args.calibration_users} fresh users.")
     x_cal, y_cal, users_cal = radar_gestures.load_calibration_data(
         num_users=args.calibration_users, samples_per_user=CALIBRATION["samples_per_user"])
     thresholds = egt.calibrate_thresholds(
@@ -146,14 +212,15 @@ def run(args):
         deploy_text += "\n\n" + summary_text
 
     minutes = (time.time() - started) / 60
-    report_path = os.path.join(out, "report.md")
+    report_path = os.path.join(final, "report.md")
     text = _report_markdown(
         settings, args, reports, calibrated, calibration_text, plots, deploy_text, minutes, len(x_fit), len(x_val), len(x_test)
     )
-    atomic.write_text(report_path, text)
+    atomic.write_text(os.path.join(out, "report.md"), text)
     print(text)
     print(f"\nDone in {minutes:.1f} min. Report: {report_path}")
-    print("Plots: " + ", ".join(os.path.relpath(p) for p in plots.values()))
+    print("Plots: " + ", ".join(os.path.relpath(os.path.join(final, os.path.basename(p)))
+                                for p in plots.values()))
     return 0
 
 
@@ -170,10 +237,11 @@ def _deployment_summary(settings, model, deploy, calibration, x_test, y_test, ou
     from keras_egt.export.final_only import int8_thresholds
 
     manifest = egt.export.read_manifest(deploy)
+    print("      Exporting the int8 model without early exit, for the speedup baseline.")
     final_only = egt.export.export_final_only(model, calibration,
                                               os.path.join(out, "final_only.tflite"))
     runner = egt.export.load_cascade(deploy, runtime="tflm")
-    summary = {"preset": settings["preset"], "architecture": settings["architecture"],
+    summary = {"producer": DEMO_PRODUCER, "preset": settings["preset"], "architecture": settings["architecture"],
                "flash_bytes": sum(seg["flash_bytes"] for seg in manifest["segments"]),
                "arena_bytes": max(seg["arena_bytes"] for seg in manifest["segments"]),
                "final_only_flash_bytes": final_only["flash_bytes"],
@@ -183,6 +251,7 @@ def _deployment_summary(settings, model, deploy, calibration, x_test, y_test, ou
              "| Float speedup | MAC speedup | TFLM acc. (%) |", "|---|---|---|---|---|---|---|"]
     verdicts = []
     for name, (report, threshold) in cascades.items():
+        print(f"      Timing the {name} cascade on TFLM (batch 1).")
         timing = egt.export.tflm_time_per_sample(deploy, final_only, x_test,
                                                  samples=report.timing["samples"],
                                                  threshold=threshold)

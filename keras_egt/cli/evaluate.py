@@ -37,7 +37,7 @@ def register(subparsers):
         "and batch-1 time per sample with and without early exit. Prints markdown tables in "
         "the paper's layout.")
     add_model_arguments(parser)
-    parser.add_argument("--threshold", type=float, nargs="+", default=[0.9], metavar="T",
+    parser.add_argument("--threshold", type=float, nargs="+", default=None, metavar="T",
                         help="cascade threshold: one for every exit (default 0.9, the "
                         "paper's) or one per early exit (K - 1 values, or K with the last ignored)")
     parser.add_argument("--criterion", choices=("max_probability", "entropy"),
@@ -77,6 +77,10 @@ def evaluate_command(args):
     """Handler of `keras-egt evaluate`; returns the exit code."""
     if args.timing_samples < 1 or args.batch_size < 1:
         raise CLIError("--timing-samples and --batch-size must be >= 1.")
+    _check_flags(args)
+    if args.json:
+        common.check_output_file(args.json, "--json", inputs=[args.model, args.data,
+                                                             args.calibration_data])
     model = common.load_model(args.model)
     x, y = common.split(args, common.load_dataset(args))
     common.check_compatible(model, x, f"{args.data} ({args.split})")
@@ -85,7 +89,7 @@ def evaluate_command(args):
 
     from keras_egt.cli.export import parse_thresholds
 
-    threshold = parse_thresholds(args.threshold, model)
+    threshold = parse_thresholds(args.threshold or [0.9], model)
     calibrated = None
     if args.calibrate is not None:
         calibrated = threshold = calibrate(model, args)
@@ -107,6 +111,16 @@ def evaluate_command(args):
             atomic.write_text(args.json, json.dumps(data, indent=2) + "\n")
         print(f"\nWrote {args.json}.")
     return 0
+
+
+def _check_flags(args):
+    """Refuses flags that contradict each other (one would be silently ignored)."""
+    if args.calibrate is not None and args.threshold is not None:
+        raise CLIError("--threshold and --calibrate conflict: --calibrate computes the "
+                       "thresholds. Pass one of them.")
+    if args.calibrate is None and args.calibration_data is not None:
+        raise CLIError("--calibration-data is only used with --calibrate EPS; add --calibrate "
+                       "or drop --calibration-data.")
 
 
 def calibration_set(model, args):

@@ -37,6 +37,7 @@ def explain_command(args):
         raise CLIError(f"--output must be a .png file, got {args.output!r}.")
     if args.num_samples < 1 or args.start < 0:
         raise CLIError("--num-samples must be >= 1 and --start >= 0.")
+    common.check_output_file(args.output, "--output", inputs=[args.model, args.data])
     model = common.load_model(args.model)
     x, y = common.split(args, common.load_dataset(args))
     common.check_compatible(model, x, f"{args.data} ({args.split})")

@@ -99,8 +99,13 @@ def export_command(args):
 
     from keras_egt import export
 
+    from keras_egt.export import exporter
+
     if args.qat_epochs < 1 or args.qat_learning_rate <= 0:
         raise CLIError("--qat-epochs must be >= 1 and --qat-learning-rate > 0.")
+    # Before loading anything: a folder that may not be replaced is refused at once.
+    exporter._check_out_dir(args.out_dir, args.overwrite,
+                            inputs=[args.model] + ([] if args.data == "radar" else [args.data]))
     model = common.load_model(args.model)
     threshold = parse_thresholds(args.threshold, model)
     (x_train, y_train), _ = common.load_dataset(args)

@@ -38,10 +38,12 @@ def load_dataset(args):
     from keras_egt.datasets import loaders, radar_gestures
 
     if args.data == "radar":
+        check_radar_counts(args)
         return radar_gestures.load_data(num_train=args.num_train, num_test=args.num_test,
                                         seed=args.data_seed)
     if not args.data.lower().endswith(".npz"):
         raise CLIError(f"--data must be 'radar' or an .npz file, got {args.data!r}.")
+    check_input_file(args.data, "data file")
     return loaders.load_npz(args.data)
 
 
@@ -136,8 +138,7 @@ def load_model(path):
 
     keras_egt.register_serializables()
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No such model file: {path}")
+    check_input_file(path, "model file")
     if not path.endswith(".keras"):
         raise CLIError(f"{path}: expected a .keras model file (written by keras-egt train).")
     if not zipfile.is_zipfile(path):
@@ -145,12 +146,71 @@ def load_model(path):
     try:
         model = keras.saving.load_model(path)
     except Exception as error:  # zip, json and deserialisation errors vary
+        if "safe_mode" in str(error) or "Lambda" in str(error):
+            raise CLIError(
+                f"{path}: refused because it holds a Lambda layer (or other Python code), "
+                "which Keras' safe_mode does not load: loading it would run that code. If "
+                "you trust the file, load it in Python with keras.saving.load_model(path, "
+                "safe_mode=False)."
+            ) from None
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CLIError(f"{path}: cannot load the model ({message}).") from error
     if not hasattr(model, "heads") or not hasattr(model, "stages"):
         raise CLIError(f"{path}: not a keras-egt early-exit model (EarlyExitModel, "
                        "EarlyExitCNN or EarlyExitMCU).")
     return model
+
+
+def check_input_file(path, what):
+    """Raises a one-line error unless `path` is an existing regular file.
+
+    Args:
+        path: the file to read.
+        what: what it is, for the message (e.g. "model file").
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No such {what}: {path}")
+    if not os.path.isfile(path):
+        kind = "a folder" if os.path.isdir(path) else "a special file (fifo, device, socket)"
+        raise CLIError(f"{path}: not a regular file ({kind}); name the {what} itself.")
+
+
+def check_output_file(path, option, inputs=()):
+    """Raises a CLIError before any work if `path` cannot receive the output.
+
+    Args:
+        path: the file the command will write.
+        option: the option that named it, for the message (e.g. "--output").
+        inputs: files the command reads; the output must not replace one of them.
+    """
+    if os.path.isdir(path):
+        raise CLIError(f"{option} {path} is an existing folder; name a file to write, e.g. "
+                       f"{os.path.join(path, 'out')}.")
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise CLIError(f"{option} {path} is not a regular file; name a file to write.")
+    for source in inputs:
+        if source and os.path.exists(source) and os.path.realpath(source) == os.path.realpath(path):
+            raise CLIError(f"{option} {path} is an input of this command; writing it would "
+                           "destroy it. Name another file.")
+
+
+# Largest --num-train / --num-test: 64x64x2 float32 samples take 32 KiB each, so
+# this is about 32 GiB of samples (and more while simulating them).
+MAX_RADAR_SAMPLES = 1_000_000
+
+
+def check_radar_counts(args):
+    """Refuses radar sample counts that cannot fit in memory, before simulating."""
+    if getattr(args, "data", None) != "radar":
+        return
+    for option in ("num_train", "num_test"):
+        value = getattr(args, option, None)
+        if value is not None and value > MAX_RADAR_SAMPLES:
+            raise CLIError(
+                f"--{option.replace('_', '-')} {value} is too large: at most "
+                f"{MAX_RADAR_SAMPLES:,} radar samples (each takes 32 KiB, so {value:,} "
+                f"would need {value * 32 / 2**20:,.0f} GiB of memory). Choose a smaller count."
+            )
 
 
 def check_compatible(model, x, where):
@@ -179,7 +239,7 @@ def register(subparsers):
         "as the baseline (λ = 0) and saves it as a .keras file. The defaults are the "
         "paper's settings.")
     add_data_arguments(parser)
-    parser.add_argument("--widths", default="paper",
+    parser.add_argument("--widths", default=None,
                         help="channels of the five blocks: 'paper' (64,128,256,512,512), "
                         "'micro' (8,16,32,64,64) or 5 comma-separated ints (default paper)")
     parser.add_argument("--model", default=None,
@@ -212,12 +272,20 @@ def train_command(args):
     """Handler of `keras-egt train`; returns the exit code."""
     if not args.output.endswith(".keras"):
         raise CLIError(f"--output must end in .keras, got {args.output!r}.")
+    check_output_file(args.output, "--output", inputs=[args.data])
+    check_radar_counts(args)
+    if args.model and args.widths is not None:
+        kind = parse_model(args.model)[0]
+        if kind != "cnn":
+            raise CLIError(f"--widths {args.widths} only applies to the paper's CNN; --model "
+                           f"{args.model} is an MCU model. Drop --widths, or pass the widths "
+                           "as --model W1,W2,W3,W4,W5.")
     for name in ("epochs", "batch_size", "decay_every"):
         if getattr(args, name) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
     if not args.learning_rate > 0:
         raise CLIError(f"--learning-rate must be > 0, got {args.learning_rate}.")
-    architecture = parse_model(args.model) if args.model else ("cnn", parse_widths(args.widths))
+    architecture = parse_model(args.model) if args.model else ("cnn", parse_widths(args.widths or "paper"))
     data = load_dataset(args)
 
     import keras

@@ -124,6 +124,21 @@ def register(subparsers):
 
 
 def _make_tuner(args, hypermodel, objective, max_consecutive_failed_trials=1):
+    """The tuner of --tuner; a damaged checkpoint to resume from is a one-line CLIError."""
+    project = os.path.join(args.directory, args.project_name)
+    try:
+        return _new_tuner(args, hypermodel, objective, max_consecutive_failed_trials)
+    # Resuming reads oracle.json and the trials' JSON: truncated or edited ones raise
+    # JSONDecodeError (a ValueError), KeyError or TypeError naming no file.
+    except (ValueError, KeyError, TypeError) as error:
+        raise CLIError(
+            f"cannot resume the search in {project}: a tuner checkpoint there is damaged "
+            f"({type(error).__name__}: {' '.join(str(error).split())[:120]}). Remove "
+            f"{project}, pass --overwrite, or pick another --directory."
+        ) from None
+
+
+def _new_tuner(args, hypermodel, objective, max_consecutive_failed_trials):
     import keras_tuner as kt
 
     common_args = dict(objective=objective, directory=args.directory,
@@ -153,6 +168,12 @@ def _check_args(args):
         raise CLIError(f"--max-trials must be >= 1, got {args.max_trials}.")
     if not 0 < args.validation_split < 1:
         raise CLIError(f"--validation-split must lie in (0, 1), got {args.validation_split}.")
+    for option in ("directory", "output_dir"):
+        path = getattr(args, option)
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise CLIError(f"--{option.replace('_', '-')} {path} is a file, not a folder; "
+                           "name a folder (it is created if missing).")
+    common.check_radar_counts(args)
     from keras_egt.tuning_options import (DEFAULT_ACCURACY_FLOOR, DEFAULT_ARCH_LAMBDAS,
                                           DEFAULT_LAMBDAS)
 
