@@ -20,8 +20,20 @@ _PR_SET_PDEATHSIG = 1
 _watched_parent = None  # the parent's pid, in a child that runs `watch_parent`
 
 
-def _die_with_parent():
-    """preexec_fn of every child: the kernel sends it SIGTERM when its parent dies (Linux)."""
+_PARENT_ENV = "KERAS_EGT_PARENT_PID"
+
+
+def die_with_parent():
+    """First call of every child of `run_child`: the kernel sends it SIGTERM when its
+    parent dies (Linux), and it exits at once if the parent is already gone.
+
+    Set by the child itself, not as `preexec_fn`: a `preexec_fn` makes `subprocess`
+    fork the whole parent (JAX warns that forking its threads is unsafe), where a plain
+    spawn does not.
+    """
+    expected = os.environ.pop(_PARENT_ENV, None)
+    if not expected:
+        return
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -30,6 +42,14 @@ def _die_with_parent():
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         except (OSError, AttributeError):
             pass
+    # The parent may have died before prctl took effect: then we were re-parented.
+    if os.getppid() != int(expected):
+        os._exit(143)
+
+
+def child_env(env=None):
+    """The environment for a child of this process that calls `die_with_parent`."""
+    return dict(os.environ if env is None else env, **{_PARENT_ENV: str(os.getpid())})
 
 
 def run_child(argv, env=None, stdout=subprocess.PIPE, timeout=None):
@@ -41,8 +61,8 @@ def run_child(argv, env=None, stdout=subprocess.PIPE, timeout=None):
         A `subprocess.CompletedProcess`.
     """
     process = subprocess.Popen(
-        argv, env=env, stdin=subprocess.PIPE, stdout=stdout, stderr=subprocess.PIPE, text=True,
-        preexec_fn=_die_with_parent if os.name == "posix" else None,
+        argv, env=child_env(env), stdin=subprocess.PIPE, stdout=stdout, stderr=subprocess.PIPE,
+        text=True,
     )
     # Not communicate(): it would close stdin, which a watching child reads as our death.
     texts = {}

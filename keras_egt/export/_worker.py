@@ -14,6 +14,7 @@ def main(job_path, watch_parent=False):
     from keras_egt.export import _lifetime
 
     if watch_parent:
+        _lifetime.die_with_parent()
         # Die with the parent: it holds our stdin pipe (EOF = it is gone) and the kernel
         # sends SIGTERM on its death (Linux); SIGTERM raises, so the export cleans up.
         _lifetime.watch_parent()

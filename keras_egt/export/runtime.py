@@ -207,7 +207,7 @@ class _Prober:
                 self.process = subprocess.Popen(
                     [sys.executable, script, "--serve"], stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
-                    preexec_fn=_lifetime._die_with_parent if os.name == "posix" else None,
+                    env=_lifetime.child_env(),
                 )
             process, lines = self.process, []
             try:
@@ -404,7 +404,7 @@ class CascadeRunner:
     For each sample: quantize the input with segment 1's parameters, run segment 1;
     if `max(q_1) >= threshold_int8[1]` leave with `argmax(q_1)`, else pass segment
     1's int8 features unchanged to segment 2, and so on; the last segment always exits.
-    This is the firmware's logic (`tflite/egt_cascade.c`).
+    This is the firmware's logic (`keras_egt/export/kit/egt_cascade.c`).
 
     Use `load_cascade` to make one. Attributes: `manifest`, `runtime`,
     `deploy_dir`, `num_classes`, `input_shape`, `thresholds_int8`, and after
