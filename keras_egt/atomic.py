@@ -45,6 +45,12 @@ def atomic_output(path, suffix=""):
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+    except OSError as error:
+        # Writers (Keras' save, savefig) often raise without a file name, or name our
+        # temporary: the user should read the path they asked for.
+        if error.filename in (None, tmp) and error.errno is not None:
+            raise OSError(error.errno, error.strerror, path) from error
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

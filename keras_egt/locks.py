@@ -96,11 +96,10 @@ def writer_lock(target, what="folder"):
             # The last holder unlinked this file between our open and our flock.
             handle.close()
             handle = open(os.open(path, os.O_RDWR | os.O_CREAT, 0o666), "r+", encoding="ascii")
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
         try:
+            with contextlib.suppress(OSError):  # the pid is for the message only (disk full?)
+                os.ftruncate(handle.fileno(), 0)
+                os.pwrite(handle.fileno(), str(os.getpid()).encode("ascii"), 0)
             yield path
         finally:
             with contextlib.suppress(OSError):

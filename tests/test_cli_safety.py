@@ -5,6 +5,7 @@ deploy folder (or fills an empty one), and every OSError or Ctrl-C ends in one l
 naming the file and the fix, never a traceback.
 """
 
+import contextlib
 import errno
 import os
 import stat
@@ -381,3 +382,52 @@ def test_no_command_ends_in_a_traceback_for_bad_paths(project, tmp_path_factory)
         assert len(lines) == 1 and lines[0].startswith("keras-egt "), (argv, err.getvalue())
 
     check()
+
+
+@pytest.fixture
+def mounted(tmp_path):
+    """mounted(kind) -> a folder on a real read-only or 64 KiB tmpfs ("full"); needs root."""
+    import subprocess
+
+    made = []
+
+    def mount(kind):
+        folder = tmp_path / kind
+        folder.mkdir()
+        options = "size=64k" if kind == "full" else "size=64k,ro"
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()[:80]})")
+        made.append(folder)
+        return folder
+
+    yield mount
+    import subprocess
+
+    for folder in made:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.mark.parametrize("kind", ["read-only", "full"])
+@pytest.mark.parametrize("command", [
+    ["train", "--data", "{data}", "--widths", "4,8,8,8,8", "--epochs", "1", "--batch-size", "12",
+     "--no-validation", "--verbose", "0", "--output", "{out}/m.keras"],
+    ["export", "{model}", "{out}/deploy", "--data", "{data}", "--num-calibration", "8"],
+    ["data", "show", "--data", "{data}", "-o", "{out}/s.png"],
+])
+def test_an_unwritable_or_full_output_is_one_line_and_leaves_nothing(project, mounted, capsys,
+                                                                      kind, command):
+    out = mounted(kind)
+    if kind == "full":  # fill it but for a few bytes, as a disk that ran full would be
+        with contextlib.suppress(OSError), open(out / "filler", "wb") as f:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+    before = sorted(os.listdir(out))
+    argv = [a.format(data=project / "tiny.npz", model=project / "tiny.keras", out=out)
+            for a in command]
+    err = _one_line_error(capsys, cli.main(argv))
+    assert str(out) in err, err
+    assert ("read-only" in err) if kind == "read-only" else ("space" in err), err
+    assert sorted(os.listdir(out)) == before  # nothing half-written left behind

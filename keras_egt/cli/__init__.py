@@ -34,11 +34,13 @@ _FIXES = {
 }
 
 
-def describe_os_error(error):
+def describe_os_error(error, output=None):
     """One line naming the file of an OSError and the fix.
 
     Args:
         error: an `OSError` (raised by the system, or by keras-egt with its own message).
+        output: the command's output path, named when the error names no file (a
+            writer deep in TensorFlow or Keras often raises without one).
 
     Returns:
         The message, without newlines.
@@ -50,7 +52,9 @@ def describe_os_error(error):
     if error.errno is None or error.strerror is None:
         message = str(error) or type(error).__name__
     else:
-        where = error.filename if error.filename is not None else "a file"
+        where = error.filename
+        if where is None:
+            where = f"writing {output}" if output is not None else "a file"
         if error.filename2 is not None:
             where = f"{where} -> {error.filename2}"
         fix = _FIXES.get(error.errno, "check the path and try again")
@@ -101,8 +105,17 @@ def main(argv=None):
         print(f"{prefix} {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     except OSError as error:
-        print(f"{prefix} {describe_os_error(error)}", file=sys.stderr)
+        print(f"{prefix} {describe_os_error(error, _output_of(args))}", file=sys.stderr)
         return 2
+
+
+def _output_of(args):
+    # Every command names what it writes by one of these options.
+    for name in ("out_dir", "output", "output_dir"):
+        value = getattr(args, name, None)
+        if value is not None:
+            return value
+    return None
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ import argparse
 import os
 import sys
 
+from keras_egt import atomic
+
 
 def register(subparsers):
     """Adds the `data` command and its `show` subcommand to `subparsers`."""
@@ -98,12 +100,9 @@ def show_command(args):
                 ax.set_ylabel(channel_names[ch], fontsize=7)
     fig.suptitle(f"{source}: one training example per class", fontsize=9)
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(args.output))
     try:
-        os.makedirs(folder, exist_ok=True)
-        fig.savefig(args.output, dpi=100)
-    except OSError as error:
-        return _error(f"cannot write {args.output}: {error}")
+        with atomic.atomic_output(args.output, ".png") as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
     finally:
         plt.close(fig)
     print(f"Wrote {args.output} ({num_classes} classes x {channels} channels, from {source}).")
