@@ -5,6 +5,7 @@ export worker's result) goes through `atomic_output`.
 """
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -97,7 +98,8 @@ def publish_folder(tmp_dir, out_dir, last=None):
     """Moves the finished folder `tmp_dir` to `out_dir` as one unit (renames only).
 
     An existing empty `out_dir` is filled rather than replaced (its mode, owner and
-    inode stay), the file `last` moved in last; an existing `out_dir` is renamed
+    inode stay; it may be a mount point, on another file system), the file `last`
+    moved in last; an existing `out_dir` is renamed
     away first and removed only once the new one is in place (put back on failure);
     a replaced symlink is unlinked, its target left alone.
 
@@ -110,9 +112,7 @@ def publish_folder(tmp_dir, out_dir, last=None):
     >>> publish_folder(".deploy.tmp-42-abc", "deploy", last="manifest.json")
     """
     if os.path.isdir(out_dir) and not os.path.islink(out_dir) and not os.listdir(out_dir):
-        for name in sorted(os.listdir(tmp_dir), key=lambda n: n == last):
-            os.rename(os.path.join(tmp_dir, name), os.path.join(out_dir, name))
-        os.rmdir(tmp_dir)
+        _fill(tmp_dir, out_dir, last)
         return
     trash = None
     if os.path.lexists(out_dir):
@@ -130,3 +130,41 @@ def publish_folder(tmp_dir, out_dir, last=None):
         os.unlink(trash)
     elif trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def _fill(tmp_dir, out_dir, last):
+    """Moves every entry of `tmp_dir` into the empty `out_dir`, `last` last; all or none."""
+    moved = []
+    try:
+        for name in sorted(os.listdir(tmp_dir), key=lambda n: n == last):
+            source, target = os.path.join(tmp_dir, name), os.path.join(out_dir, name)
+            try:
+                os.rename(source, target)
+            except OSError as error:
+                if error.errno != errno.EXDEV:
+                    raise
+                # Another file system (the empty folder is a mount point): copy beside the
+                # target, then rename there, so no reader sees a half-copied file.
+                partial = os.path.join(out_dir, f".{staging_tag(name)}.tmp-{os.getpid()}")
+                try:
+                    if os.path.isdir(source):
+                        shutil.copytree(source, partial)
+                    else:
+                        shutil.copy2(source, partial)
+                    os.rename(partial, target)
+                finally:
+                    _remove(partial)
+            moved.append(target)
+    except BaseException:
+        for target in moved:
+            _remove(target)
+        raise
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        with contextlib.suppress(OSError):
+            os.remove(path)

@@ -386,7 +386,8 @@ def test_no_command_ends_in_a_traceback_for_bad_paths(project, tmp_path_factory)
 
 @pytest.fixture
 def mounted(tmp_path):
-    """mounted(kind) -> a folder on a real read-only or 64 KiB tmpfs ("full"); needs root."""
+    """mounted(kind) -> a folder on a real tmpfs: "read-only", 64 KiB ("full") or 8 MiB
+    ("roomy"); needs root (skipped where mounting is not allowed)."""
     import subprocess
 
     made = []
@@ -394,7 +395,7 @@ def mounted(tmp_path):
     def mount(kind):
         folder = tmp_path / kind
         folder.mkdir()
-        options = "size=64k" if kind == "full" else "size=64k,ro"
+        options = "size=8m" if kind == "roomy" else "size=64k" if kind == "full" else "size=64k,ro"
         done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
                               capture_output=True, text=True)
         if done.returncode != 0:
@@ -431,3 +432,19 @@ def test_an_unwritable_or_full_output_is_one_line_and_leaves_nothing(project, mo
     assert str(out) in err, err
     assert ("read-only" in err) if kind == "read-only" else ("space" in err), err
     assert sorted(os.listdir(out)) == before  # nothing half-written left behind
+
+
+def test_export_onto_a_mount_point(project, mounted, capsys):
+    # An empty mount point is filled (across file systems); replacing it is refused by the
+    # system (EBUSY), in one line, the first export kept whole.
+    out = mounted("roomy")
+    argv = ["export", str(project / "tiny.keras"), str(out), "--data", str(project / "tiny.npz"),
+            "--num-calibration", "8"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    first = _snapshot(out)
+    assert "manifest.json" in first and not any(name.startswith(".") for name in os.listdir(out))
+    capsys.readouterr()
+    err = _one_line_error(capsys, cli.main(argv + ["--overwrite"]))
+    assert str(out) in err and "mount point" in err, err
+    assert _snapshot(out) == first
+    assert sorted(os.listdir(out.parent)) == [out.name]  # no staging or trash left
