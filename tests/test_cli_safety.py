@@ -410,6 +410,8 @@ def mounted(tmp_path):
         subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
+# The file rules are the same on every backend; the TensorFlow pass runs these once.
+@pytest.mark.tensorflow_only
 @pytest.mark.parametrize("kind", ["read-only", "full"])
 @pytest.mark.parametrize("command", [
     ["train", "--data", "{data}", "--widths", "4,8,8,8,8", "--epochs", "1", "--batch-size", "12",
@@ -434,6 +436,7 @@ def test_an_unwritable_or_full_output_is_one_line_and_leaves_nothing(project, mo
     assert sorted(os.listdir(out)) == before  # nothing half-written left behind
 
 
+@pytest.mark.tensorflow_only
 def test_export_onto_a_mount_point(project, mounted, capsys):
     # An empty mount point is filled (across file systems); replacing it is refused by the
     # system (EBUSY), in one line, the first export kept whole.
