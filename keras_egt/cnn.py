@@ -184,7 +184,7 @@ class EarlyExitCNN(EarlyExitModel):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        config = egt_layers.upgrade_config(config)
         if isinstance(config.get("widths"), list):
             config["widths"] = tuple(config["widths"])
         return cls(**config)

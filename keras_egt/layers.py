@@ -9,6 +9,22 @@ from keras import ops
 BATCH_NORM_MOMENTUM = 0.9
 
 
+def upgrade_config(config):
+    """A layer or model config saved before `batch_norm_momentum` became `batchnorm_momentum`.
+
+    Returns:
+        A copy of `config` that today's constructors take.
+
+    Example:
+    >>> upgrade_config({"batch_norm_momentum": 0.9})
+    {'batchnorm_momentum': 0.9}
+    """
+    config = dict(config)
+    if "batch_norm_momentum" in config:
+        config["batchnorm_momentum"] = config.pop("batch_norm_momentum")
+    return config
+
+
 def spatial_softmax(scores):
     """Normalises attention scores into a map that sums to 1 over H x W.
 
@@ -90,6 +106,10 @@ class ConvBlock(keras.layers.Layer):
             filters=self.filters, pool=self.pool, batchnorm_momentum=self.batchnorm_momentum
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**upgrade_config(config))
 
 
 @keras.saving.register_keras_serializable(package="keras_egt")

@@ -222,4 +222,4 @@ class EarlyExitMCU(EarlyExitModel):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        return cls(**egt_layers.upgrade_config(config))

@@ -335,3 +335,29 @@ class TestBadInput:
             _tiny()(np.zeros((32, 32, 2), "float32"))
         with pytest.raises(ValueError, match=r"input_shape\), got \(1, 48, 48, 2\)"):
             _tiny()(np.zeros((1, 48, 48, 2), "float32"))
+
+
+@pytest.mark.parametrize("build", [
+    lambda: egt.EarlyExitCNN(3, (32, 32, 2), widths=(4, 8, 8, 8, 8), batchnorm_momentum=0.8),
+    lambda: egt.EarlyExitMCU(3, (32, 32, 2), stages="c4p | c8p | c8p", batchnorm_momentum=0.8),
+], ids=["cnn", "mcu"])
+def test_a_model_saved_with_the_old_momentum_name_loads(build, tmp_path):
+    # Files saved before the argument was renamed spell it batch_norm_momentum.
+    import zipfile
+
+    x, _ = blob_task(4)
+    model = build()
+    expected = [keras.ops.convert_to_numpy(t) for t in model(x)]
+    model.save(tmp_path / "new.keras")
+    old = tmp_path / "old.keras"
+    with zipfile.ZipFile(tmp_path / "new.keras") as source, zipfile.ZipFile(old, "w") as target:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename == "config.json":
+                assert b'"batchnorm_momentum"' in data
+                data = data.replace(b'"batchnorm_momentum"', b'"batch_norm_momentum"')
+            target.writestr(item, data)
+    loaded = keras.saving.load_model(old)
+    assert loaded.batchnorm_momentum == 0.8
+    for a, b in zip(loaded(x), expected):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), b, rtol=1e-5, atol=1e-6)
