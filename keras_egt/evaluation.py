@@ -359,7 +359,8 @@ def _timed_paths(model, thresholds, criterion, compiled):
 
 
 def time_per_sample(model, x, threshold=0.9, criterion=None,
-                    samples=DEFAULT_TIMING_SAMPLES, warmup=WARMUP_SAMPLES, compiled=True):
+                    samples=DEFAULT_TIMING_SAMPLES, warmup=WARMUP_SAMPLES, compiled=True,
+                    verbose=0):
     """Batch-1 wall-clock ms per sample with and without early exit.
 
     See the module docstring for the protocol. With `compiled=True` the early-exit path
@@ -377,6 +378,7 @@ def time_per_sample(model, x, threshold=0.9, criterion=None,
         warmup: untimed samples run first through both paths (at least 1: it also
             traces the compiled functions).
         compiled: run segments compiled (see above).
+        verbose: 1 shows a progress bar over the timed samples (`keras.utils.Progbar`).
 
     Returns:
         A dict: `samples`, `ms_with_early_exit`, `ms_without_early_exit` (means: the
@@ -401,6 +403,7 @@ def time_per_sample(model, x, threshold=0.9, criterion=None,
         without_early_exit(sample)
     early, full, exits = [], [], []
     clock = time.perf_counter
+    progress = keras.utils.Progbar(count, unit_name="sample") if verbose else None
     for i in range(count):
         sample = x[i : i + 1]
         for path in ((0, 1) if i % 2 == 0 else (1, 0)):
@@ -411,6 +414,9 @@ def time_per_sample(model, x, threshold=0.9, criterion=None,
             else:
                 without_early_exit(sample)
                 full.append(clock() - start)
+        if progress is not None:
+            # Outside the clocked span: drawing the bar is not the model's time.
+            progress.update(i + 1)
     shares = egt_cascade.exit_shares(exits, model.num_exits)
     mean_early, mean_full = float(np.mean(early)), float(np.mean(full))
     return {
@@ -445,7 +451,7 @@ def _consistency_weight(model):
 
 def evaluate(model, x, y, threshold=0.9, criterion=None, timing=True,
              timing_samples=DEFAULT_TIMING_SAMPLES, batch_size=metrics.DEFAULT_BATCH_SIZE,
-             seed=0, name=None):
+             seed=0, name=None, verbose=0):
     """Evaluates an early-exit model the way the paper does (Tables I and II) and more.
 
     Args:
@@ -461,6 +467,7 @@ def evaluate(model, x, y, threshold=0.9, criterion=None, timing=True,
         batch_size: batch size of the (untimed) evaluation pass.
         seed: seed of the chance floor's shuffled pairing.
         name: row label; default `"Baseline"` (λ = 0) or `"EGT (λ = ...)"`.
+        verbose: 1 shows a progress bar over the timed samples (`keras.utils.Progbar`).
 
     Returns:
         A `Report` (`to_markdown()`, `to_json(path)`, `to_dict()`).
@@ -477,7 +484,8 @@ def evaluate(model, x, y, threshold=0.9, criterion=None, timing=True,
     check_labels(y, model.num_classes, "y", len(x))
     if len(x) < 2:
         raise ValueError("evaluate needs at least 2 samples (the chance floor pairs samples).")
-    outputs = metrics.exit_outputs(model, x, batch_size=batch_size, maps=True)
+    progress = keras.utils.Progbar(len(x), unit_name="sample") if verbose else None
+    outputs = metrics.exit_outputs(model, x, batch_size=batch_size, maps=True, progress=progress)
     check_finite_outputs(outputs.probabilities, "the exits' probabilities")
     correct = outputs.correct(y)
     rows = np.arange(len(y))
@@ -524,5 +532,5 @@ def evaluate(model, x, y, threshold=0.9, criterion=None, timing=True,
     )
     if timing:
         report.timing = time_per_sample(model, x, cascade.thresholds, criterion,
-                                        samples=timing_samples)
+                                        samples=timing_samples, verbose=verbose)
     return report

@@ -140,7 +140,7 @@ def _run_exits(model, x, with_maps):
     return logits, maps
 
 
-def exit_outputs(model, x, batch_size=DEFAULT_BATCH_SIZE, maps=True):
+def exit_outputs(model, x, batch_size=DEFAULT_BATCH_SIZE, maps=True, progress=None):
     """Runs `model` over `x` in batches (inference mode) and keeps every exit's outputs.
 
     The batches run as one compiled function (`compile_inference`); the last batch is
@@ -151,6 +151,7 @@ def exit_outputs(model, x, batch_size=DEFAULT_BATCH_SIZE, maps=True):
         x: inputs `(n, H, W, C)`.
         batch_size: samples per forward pass.
         maps: also keep the attention maps, resized to the final map's size.
+        progress: a `keras.utils.Progbar` over the samples, or None.
 
     Returns:
         An `ExitOutputs`.
@@ -183,6 +184,8 @@ def exit_outputs(model, x, batch_size=DEFAULT_BATCH_SIZE, maps=True):
         count = part.stop - part.start
         for k, out in enumerate(logits):
             probabilities[k, part] = softmax(ops.convert_to_numpy(out)[:count])
+        if progress is not None:
+            progress.update(part.stop)
         if maps:
             if resized is None:
                 resized = np.zeros((model.num_exits, n) + tuple(batch_maps[-1].shape[1:3]), np.float32)

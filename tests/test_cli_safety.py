@@ -279,7 +279,7 @@ def test_a_demo_rerun_replaces_the_previous_output_as_one_unit(tmp_path, capsys)
     out = _earlier_demo(tmp_path)
     code = main_demo(out)
     printed = capsys.readouterr().out
-    assert "[1/6]" in printed and "[4/6]" in printed
+    assert "step 1/8: " in printed and "step 4/8: " in printed
     names = sorted(os.listdir(out))
     # All new or all old, never mixed: a tiny model may fail (e.g. calibration refuses
     # a final exit at chance), and then the first run's output stays whole.

@@ -69,10 +69,6 @@ def run(args):
     stage = _staging_folder(final)
     try:
         code = _run_into(args, settings, architecture, stage, final)
-        if args.no_export:  # summary.json marks a demo output even without the export
-            atomic.write_text(os.path.join(stage, "summary.json"), json.dumps(
-                {"producer": DEMO_PRODUCER, "preset": settings["preset"],
-                 "architecture": settings["architecture"]}, indent=2) + "\n")
         atomic.publish_folder(stage, final, last="summary.json")
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -128,8 +124,34 @@ def _staging_folder(out):
                             dir=parent)
 
 
+class _Steps:
+    """Numbers the demo's phases: each one prints a "step k/n: ..." line as it starts.
+
+    Args:
+        total: how many phases this run has.
+
+    Example:
+    >>> step = _Steps(2)
+    >>> step("Loading the data.")
+    step 1/2: Loading the data.
+    """
+
+    def __init__(self, total):
+        self.total, self.done = total, 0
+
+    def __call__(self, text):
+        self.done += 1
+        print(f"step {self.done}/{self.total}: {text}", flush=True)
+
+
+# Phases without the export, and the export's own (see _run_into and _deploy).
+STEPS, EXPORT_STEPS = 8, 5
+# Samples per call of the TFLM cascade between two updates of its progress bar.
+PROGRESS_CHUNK = 16
+
+
 def _run_into(args, settings, architecture, out, final):
-    """The six demo steps, writing into the staging folder `out` (published as `final`)."""
+    """The demo's phases, writing into the staging folder `out` (published as `final`)."""
     import keras
     import numpy as np
 
@@ -137,8 +159,10 @@ def _run_into(args, settings, architecture, out, final):
     from keras_egt.datasets import radar_gestures
 
     started = time.time()
+    step = _Steps(STEPS + (0 if args.no_export else EXPORT_STEPS))
 
-    print(f"[1/6] Loading the simulated radar gesture set ({args.num_train} train / {args.num_test} test).")
+    step(f"Loading the simulated radar gesture set ({args.num_train} train / {args.num_test} "
+         "test; simulated on the first run, about 45 s on 2 cores, then read from the cache).")
     (x_train, y_train), (x_test, y_test) = radar_gestures.load_data(
         num_train=args.num_train, num_test=args.num_test
     )
@@ -150,11 +174,11 @@ def _run_into(args, settings, architecture, out, final):
     x_fit, y_fit = x_train[order[n_val:]], y_train[order[n_val:]]
 
     models, histories = {}, {}
-    for step, (name, lam) in enumerate([("Baseline", 0.0), (f"EGT (λ = {args.consistency_weight:g})", args.consistency_weight)]):
+    for name, lam in [("Baseline", 0.0), (f"EGT (λ = {args.consistency_weight:g})", args.consistency_weight)]:
         keras.utils.set_random_seed(args.seed)
         model = build_model(architecture, radar_gestures.NUM_CLASSES, x_train.shape[1:], lam)
         settings["architecture"] = describe_model(model)
-        print(f"[{2 + step}/6] Training {name}: {settings['architecture']}, {settings['epochs']} epochs.")
+        step(f"Training {name}: {settings['architecture']}, {settings['epochs']} epochs.")
         history = egt.recipe.fit(
             model, x_fit, y_fit, validation_data=(x_val, y_val), epochs=settings["epochs"],
             batch_size=args.batch_size, decay_every=settings["step_every"], verbose=1,
@@ -162,54 +186,52 @@ def _run_into(args, settings, architecture, out, final):
         model.save(os.path.join(out, "baseline.keras" if lam == 0 else "egt.keras"))
         models[name], histories[name] = model, history.history
     baseline_name, egt_name = list(models)
-
-    print("[4/6] Evaluating both models (accuracy, consistency, cascade, batch-1 timing).")
-    reports = {
-        name: egt.evaluate(model, x_test, y_test, threshold=args.threshold)
-        for name, model in models.items()
-    }
     egt_model = models[egt_name]
-    print(f"      Calibrating the thresholds on {args.calibration_users} fresh users.")
+
+    reports = {}
+    for name, model in models.items():
+        step(f"Evaluating {name} on the {len(x_test)} test samples (accuracy, consistency, "
+             f"cascade at threshold {args.threshold:g}), then batch-1 timing.")
+        reports[name] = egt.evaluate(model, x_test, y_test, threshold=args.threshold, verbose=1)
+
+    step(f"Calibrating the thresholds on {args.calibration_users} fresh users (simulated on "
+         "the first run, then read from the cache).")
     x_cal, y_cal, users_cal = radar_gestures.load_calibration_data(
         num_users=args.calibration_users, samples_per_user=CALIBRATION["samples_per_user"])
-    thresholds = egt.calibrate_thresholds(
-        egt_model, x_cal, y_cal, CALIBRATION["max_accuracy_drop"],
-        confidence=CALIBRATION["confidence"], groups=users_cal)
-    calibrated = egt.evaluate(egt_model, x_test, y_test, threshold=thresholds)
-    calibration_text = _calibration_text(thresholds, calibrated, len(x_cal), args.calibration_users)
+    thresholds = _calibrate(egt_model, x_cal, y_cal, users_cal)
+    step("Evaluating EGT with the calibrated thresholds on the test samples, then batch-1 "
+         "timing.")
+    calibrated = egt.evaluate(egt_model, x_test, y_test, threshold=thresholds, verbose=1)
+    # The float cascade's decisions, which the int8 one is compared with.
+    float_cascade = None if args.no_export else egt.Cascade(egt_model, threshold=thresholds).predict(x_test)
+    calibration_text = _calibration_text(thresholds, calibrated)
     print(calibration_text)
     for name, report in reports.items():
         report.to_json(os.path.join(out, ("baseline" if name == baseline_name else "egt") + "_report.json"))
     calibrated.to_json(os.path.join(out, "egt_calibrated_report.json"))
 
-    print("[5/6] Plotting attention maps, consistency, exit shares and the speedup curve.")
+    step("Plotting attention maps, consistency, exit shares and the speedup curve.")
+    grid = {"y": y_test[:8], "class_names": radar_gestures.CLASS_NAMES}
     plots = {
-        "attention_egt": egt.plots.attention_grid(egt_model, x_test[:8], os.path.join(out, "attention_egt.png")),
-        "attention_baseline": egt.plots.attention_grid(models[baseline_name], x_test[:8], os.path.join(out, "attention_baseline.png")),
+        "attention_egt": egt.plots.attention_grid(egt_model, x_test[:8], os.path.join(out, "attention_egt.png"), **grid),
+        "attention_baseline": egt.plots.attention_grid(models[baseline_name], x_test[:8], os.path.join(out, "attention_baseline.png"), **grid),
         "consistency": egt.plots.consistency_bars(reports, os.path.join(out, "consistency.png")),
         "exits": egt.plots.exit_histogram(reports[egt_name], os.path.join(out, "exits.png")),
         "speedup": egt.plots.speedup_curve(reports[egt_name].curve, os.path.join(out, "speedup.png")),
     }
 
     deploy_text = "Skipped (--no-export)."
-    if not args.no_export:
-        print(f"[6/6] Exporting the EGT model as {egt_model.num_exits} int8 TFLite segments and running them on TFLM.")
-        deploy = os.path.join(out, "deploy")
-        egt.export.export_cascade(egt_model, deploy, representative_data=x_fit[:256], threshold=thresholds)
-        runner = egt.export.load_cascade(deploy, runtime="tflm")
-        labels, exits = runner.predict(x_test)
-        float_labels, float_exits = egt.Cascade(egt_model, threshold=thresholds).predict(x_test)
-        deploy_text = (
-            f"int8 TFLM cascade on the test set: accuracy {100 * np.mean(labels == y_test):.2f}% "
-            f"(float Keras cascade {100 * np.mean(float_labels == y_test):.2f}%); "
-            f"agreement with the float cascade: labels {100 * np.mean(labels == float_labels):.2f}%, "
-            f"exits {100 * np.mean(exits == float_exits):.2f}%.\n\n" + runner.report()
-        )
-        summary, summary_text = _deployment_summary(
-            settings, egt_model, deploy, x_fit[:256], x_test, y_test, out,
-            {f"threshold_{args.threshold:g}": (reports[egt_name], args.threshold),
-             "calibrated": (calibrated, thresholds)})
-        deploy_text += "\n\n" + summary_text
+    if args.no_export:  # summary.json marks a demo output even without the export
+        atomic.write_text(os.path.join(out, "summary.json"), json.dumps(
+            {"producer": DEMO_PRODUCER, "preset": settings["preset"],
+             "architecture": settings["architecture"],
+             "calibration": _promise(thresholds)}, indent=2) + "\n")
+    else:
+        deploy_text = _deploy(step, settings, egt_model, x_fit[:256], x_test, y_test, out,
+                              {f"threshold_{args.threshold:g}": (reports[egt_name], args.threshold),
+                               "calibrated": (calibrated, thresholds)}, float_cascade)
+        # The runner names the folder it loaded: the staging one, gone once published.
+        deploy_text = deploy_text.replace(out, final)
 
     minutes = (time.time() - started) / 60
     report_path = os.path.join(final, "report.md")
@@ -224,22 +246,245 @@ def _run_into(args, settings, architecture, out, final):
     return 0
 
 
-def _deployment_summary(settings, model, deploy, calibration, x_test, y_test, out, cascades):
-    """Table II on the int8 TFLM interpreter and `OUTPUT/summary.json`, per cascade.
+def _calibrate(model, x, y, users):
+    """Thresholds certified on the held-out users `users` (`calibrate_thresholds`).
 
-    Every speedup is against the same model without early exit: the float final exit
-    alone (MACs, float batch-1 time) and the unsplit int8 final-only model exported
-    through the same converter path (TFLM batch-1 time).
+    When the final exit is at chance on them, no promise relative to it can hold:
+    rather than fail the whole demo after training, the thresholds returned never
+    exit early, are not certified, and carry the calibrator's reason in `reason`.
+
+    Args:
+        model: the trained EGT model.
+        x: the calibration inputs.
+        y: their labels.
+        users: their user ids (the bound runs over users).
+
+    Returns:
+        A `CalibratedThresholds` (with `reason` set when the final exit is at chance).
+
+    Example:
+    >>> thresholds = _calibrate(model, x_cal, y_cal, users_cal)
+    """
+    import numpy as np
+
+    from keras_egt import calibration, metrics
+    from keras_egt.cascade import NEVER_EXIT
+
+    probabilities = metrics.exit_probabilities(model, x)
+    confidence = CALIBRATION["confidence"]
+    final_labels = probabilities[-1].argmax(-1)
+    try:
+        calibration.check_above_chance(final_labels, y, model.num_classes, 1.0 - confidence)
+    except ValueError as error:
+        groups = len(np.unique(users))
+        thresholds = calibration.CalibratedThresholds.from_dict({
+            "thresholds": [NEVER_EXIT] * model.num_exits, "criterion": "max_probability",
+            "objective": "min_macs", "risk": "accuracy_drop",
+            "epsilon": CALIBRATION["max_accuracy_drop"], "delta": 1.0 - confidence,
+            "confidence": confidence, "certified": False, "bound": None, "n": groups,
+            "num_samples": len(y), "groups": groups,
+            "max_accuracy_drop": CALIBRATION["max_accuracy_drop"],
+            "final_accuracy": float(np.mean(final_labels == y))})
+        thresholds.reason = str(error)
+        return thresholds
+    return calibration.calibrate_thresholds(
+        model, None, y, CALIBRATION["max_accuracy_drop"], confidence=confidence,
+        groups=users, probabilities=probabilities)
+
+
+# What `calibrate_thresholds` records of its promise, under its own names.
+PROMISE_FIELDS = ("certified", "risk", "epsilon", "confidence", "delta", "bound", "n",
+                  "num_samples", "groups", "samples_needed", "criterion")
+
+
+def _promise(thresholds):
+    """The calibration promise for summary.json: its fields and the report's sentence.
+
+    Args:
+        thresholds: what `_calibrate` returned.
+
+    Returns:
+        A dict of `PROMISE_FIELDS`, plus `reason` (why nothing is certified when the
+        final exit is at chance, else None) and `statement` (`_promise_text`).
+
+    Example:
+    >>> _promise(thresholds)["epsilon"]
+    0.01
+    """
+    record = thresholds.to_dict()
+    promise = {name: record[name] for name in PROMISE_FIELDS}
+    promise["reason"] = getattr(thresholds, "reason", None)
+    promise["statement"] = _promise_text(thresholds)
+    return promise
+
+
+def _promise_text(thresholds):
+    """One sentence: what is certified, at which confidence, on how many users."""
+    reason = getattr(thresholds, "reason", None)
+    if reason is None:
+        return thresholds.describe()
+    return f"NOT certified, never exits early: {reason}"
+
+
+def _tflm_labels(runner, x, threshold=None):
+    """`runner.predict(x)` under a progress bar over the samples.
+
+    Args:
+        runner: a TFLM `CascadeRunner`.
+        x: float inputs.
+        threshold: None for the exported thresholds, else probability threshold(s)
+            (as `Cascade`), turned into each segment's int8 test.
+
+    Returns:
+        `(labels, exits)` as `CascadeRunner.predict`.
+
+    Example:
+    >>> labels, exits = _tflm_labels(load_cascade("deploy/"), x_test, 0.9)
+    """
+    import keras
+    import numpy as np
+
+    from keras_egt import metrics
+    from keras_egt.export.final_only import int8_thresholds
+
+    if threshold is not None:
+        runner.thresholds_int8 = int8_thresholds(runner.manifest, threshold)
+    progress = keras.utils.Progbar(len(x), unit_name="sample")
+    labels, exits = [], []
+    for part in metrics.batches(len(x), PROGRESS_CHUNK):
+        batch_labels, batch_exits = runner.predict(x[part])
+        labels.append(batch_labels)
+        exits.append(batch_exits)
+        progress.update(part.stop)
+    return np.concatenate(labels), np.concatenate(exits)
+
+
+def _final_only_labels(final_only, x):
+    """Labels of the int8 model without early exit on TFLM, one sample at a time.
+
+    Args:
+        final_only: the dict `export_final_only` returned.
+        x: float inputs.
+
+    Returns:
+        An int64 array `(n,)`; a progress bar runs over the samples meanwhile.
+
+    Example:
+    >>> labels = _final_only_labels(export_final_only(model, x_train[:256], path), x_test)
+    """
+    import keras
+    import numpy as np
+
+    from keras_egt.export import _deps, runtime as rt
+
+    tflm = _deps.require("tflite_micro.python.tflite_micro.runtime", "the TFLM runtime")
+    with open(final_only["path"], "rb") as f:
+        interpreter = tflm.Interpreter.from_bytes(f.read(), arena_size=final_only["arena_bytes"])
+    progress = keras.utils.Progbar(len(x), unit_name="sample")
+    labels = np.zeros(len(x), np.int64)
+    for i in range(len(x)):
+        interpreter.set_input(rt.quantize(x[i : i + 1], final_only["scale"],
+                                          final_only["zero_point"]), 0)
+        interpreter.invoke()
+        labels[i] = int(np.argmax(interpreter.get_output(0)[0]))
+        progress.update(i + 1)
+    return labels
+
+
+def _deploy(step, settings, model, calibration, x_test, y_test, out, cascades, float_cascade):
+    """The export's phases: int8 segments, the model without early exit, TFLM runs.
+
+    Writes `deploy/` (with the last cascade's thresholds), `final_only.tflite` and
+    `summary.json` into `out`.
+
+    Args:
+        step: the run's `_Steps`.
+        settings: the demo's settings.
+        model: the trained EGT model.
+        calibration: representative data of the int8 quantization.
+        x_test: the test inputs.
+        y_test: their labels.
+        out: the staging folder.
+        cascades: `{name: (report, threshold)}`; the last one's thresholds are exported.
+        float_cascade: `(labels, exits)` of the float cascade with the exported
+            thresholds on `x_test`, which the int8 one's are compared with.
+
+    Returns:
+        The report's deployment section (markdown).
+
+    Example:
+    >>> text = _deploy(_Steps(5), settings, model, x_fit[:256], x_test, y_test, out, cascades,
+    ...                Cascade(model, cascades["calibrated"][1]).predict(x_test))
     """
     import numpy as np
 
     import keras_egt as egt
-    from keras_egt.export.final_only import int8_thresholds
+    from keras_egt.datasets import radar_gestures
 
+    name = list(cascades)[-1]
+    deploy = os.path.join(out, "deploy")
+    step(f"Exporting the EGT model as {model.num_exits} int8 TFLite segments (one per exit).")
+    egt.export.export_cascade(model, deploy, representative_data=calibration,
+                              threshold=cascades[name][1],
+                              class_names=radar_gestures.CLASS_NAMES, verbose=True)
+    summary, table = _deployment_summary(settings, model, deploy, calibration, x_test, y_test,
+                                         out, cascades, step=step,
+                                         float_cascades={name: float_cascade})
+    entry = summary["cascades"][name]
+    text = (
+        f"int8 TFLM cascade on the test set: accuracy {100 * entry['tflm_accuracy']:.2f}% "
+        f"(int8 without early exit {100 * entry['tflm_final_exit_accuracy']:.2f}%; float Keras "
+        f"cascade {100 * np.mean(float_cascade[0] == y_test):.2f}%); agreement with the float "
+        f"cascade: labels {100 * entry['float_label_agreement']:.2f}%, exits "
+        f"{100 * entry['float_exit_agreement']:.2f}%.\n\n"
+    )
+    return text + egt.export.load_cascade(deploy, runtime="tflm").report() + "\n\n" + table
+
+
+def _deployment_summary(settings, model, deploy, calibration, x_test, y_test, out, cascades,
+                        step=None, float_cascades=None):
+    """Table II on the int8 TFLM interpreter and `OUTPUT/summary.json`, per cascade.
+
+    Every speedup is against the same model without early exit: the float final exit
+    alone (MACs, float batch-1 time) and the unsplit int8 final-only model exported
+    through the same converter path (TFLM batch-1 time, int8 accuracy without early
+    exit). Calibrated cascades record their promise (`_promise`).
+
+    Args:
+        settings: `preset` and `architecture` for summary.json.
+        model: the trained model exported in `deploy`.
+        deploy: its deploy folder.
+        calibration: representative data of the int8 quantization.
+        x_test: the test inputs.
+        y_test: their labels.
+        out: the folder for `final_only.tflite` and `summary.json`.
+        cascades: `{name: (report, threshold)}`, each run on the deployed segments.
+        step: the run's `_Steps`, announcing each phase; None prints no step lines.
+        float_cascades: optional `{name: (labels, exits)}` of float cascades, whose
+            agreement with the int8 one goes into that cascade's entry.
+
+    Returns:
+        `(summary, markdown)`: the dict written to summary.json, and Table II with the
+        verdicts.
+
+    Example:
+    >>> summary, text = _deployment_summary(settings, model, "deploy/", x_train[:256],
+    ...                                     x_test, y_test, "work/", cascades)
+    """
+    import numpy as np
+
+    import keras_egt as egt
+
+    step = step or (lambda text: None)
+    float_cascades = float_cascades or {}
     manifest = egt.export.read_manifest(deploy)
-    print("      Exporting the int8 model without early exit, for the speedup baseline.")
+    step("Exporting the int8 model without early exit (one unsplit flatbuffer), the "
+         "reference of every int8 speedup and accuracy.")
     final_only = egt.export.export_final_only(model, calibration,
                                               os.path.join(out, "final_only.tflite"))
+    step(f"Running the int8 model without early exit on TFLM over the {len(x_test)} test "
+         "samples.")
+    final_accuracy = float(np.mean(_final_only_labels(final_only, x_test) == y_test))
     runner = egt.export.load_cascade(deploy, runtime="tflm")
     summary = {"producer": DEMO_PRODUCER, "preset": settings["preset"], "architecture": settings["architecture"],
                "flash_bytes": sum(seg["flash_bytes"] for seg in manifest["segments"]),
@@ -248,15 +493,17 @@ def _deployment_summary(settings, model, deploy, calibration, x_test, y_test, ou
                "final_only_arena_bytes": final_only["arena_bytes"], "cascades": {}}
     lines = ["### Table II on the int8 TFLM interpreter (batch 1)", "",
              "| Cascade | With Early Exit (ms) | Without Early Exit (ms) | TFLM speedup "
-             "| Float speedup | MAC speedup | TFLM acc. (%) |", "|---|---|---|---|---|---|---|"]
+             "| Float speedup | MAC speedup | TFLM acc. with EE (%) | TFLM acc. without EE (%) |",
+             "|---|---|---|---|---|---|---|---|"]
     verdicts = []
     for name, (report, threshold) in cascades.items():
-        print(f"      Timing the {name} cascade on TFLM (batch 1).")
+        step(f"Running the {name} int8 cascade on TFLM over the {len(x_test)} test samples, "
+             f"then timing {report.timing['samples']} of them at batch 1 with and without "
+             "early exit.")
+        labels, exits = _tflm_labels(runner, x_test, threshold)
         timing = egt.export.tflm_time_per_sample(deploy, final_only, x_test,
                                                  samples=report.timing["samples"],
-                                                 threshold=threshold)
-        runner.thresholds_int8 = int8_thresholds(manifest, threshold)
-        labels, _ = runner.predict(x_test)
+                                                 threshold=threshold, verbose=1)
         entry = {
             "thresholds": [float(t) for t in report.thresholds],
             "mac_speedup": float(report.mac_speedup),
@@ -265,14 +512,20 @@ def _deployment_summary(settings, model, deploy, calibration, x_test, y_test, ou
             "accuracy": float(report.accuracy),
             "final_exit_accuracy": float(report.final_accuracy),
             "tflm_accuracy": float(np.mean(labels == y_test)),
+            "tflm_final_exit_accuracy": final_accuracy,
             "float_ms": [report.timing["ms_with_early_exit"], report.timing["ms_without_early_exit"]],
             "tflm_ms": [timing["ms_with_early_exit"], timing["ms_without_early_exit"]],
+            "calibration": _promise(threshold) if hasattr(threshold, "certified") else None,
         }
+        if name in float_cascades:
+            float_labels, float_exits = float_cascades[name]
+            entry["float_label_agreement"] = float(np.mean(labels == float_labels))
+            entry["float_exit_agreement"] = float(np.mean(exits == float_exits))
         summary["cascades"][name] = entry
         lines.append(f"| {name} | {timing['ms_with_early_exit']:.2f} | "
                      f"{timing['ms_without_early_exit']:.2f} | {entry['tflm_time_speedup']:.2f}x | "
                      f"{entry['float_time_speedup']:.2f}x | {entry['mac_speedup']:.2f}x | "
-                     f"{100 * entry['tflm_accuracy']:.2f} |")
+                     f"{100 * entry['tflm_accuracy']:.2f} | {100 * final_accuracy:.2f} |")
         slower = [f"{form} ({entry[key]:.2f}x)" for form, key in (
             ("MACs", "mac_speedup"), ("float batch-1 time", "float_time_speedup"),
             ("TFLM batch-1 time", "tflm_time_speedup")) if entry[key] <= 1.0]
@@ -293,19 +546,21 @@ def _deployment_summary(settings, model, deploy, calibration, x_test, y_test, ou
     return summary, "\n".join(lines)
 
 
-def _calibration_text(thresholds, calibrated, num_samples, num_users):
+def _calibration_text(thresholds, calibrated):
     """The certified promise beside the drop measured on the test users."""
     drop = 100 * (calibrated.final_accuracy - calibrated.accuracy)
     return (
         f"Per-exit thresholds {json.dumps([round(float(t), 4) for t in thresholds])}, calibrated on "
-        f"{num_samples} samples of {num_users} held-out users (in neither the training nor the test "
-        f"set): {thresholds.describe()} Measured on the test users: {drop:.2f}-point drop "
-        f"({100 * calibrated.accuracy:.2f}% vs {100 * calibrated.final_accuracy:.2f}% without early "
-        f"exit), {calibrated.mac_speedup:.2f}x MAC speedup."
+        f"{thresholds.num_samples} samples of {thresholds.groups} held-out users (in neither the "
+        f"training nor the test set): {_promise_text(thresholds)} Measured on the test users: "
+        f"{drop:.2f}-point drop ({100 * calibrated.accuracy:.2f}% vs "
+        f"{100 * calibrated.final_accuracy:.2f}% without early exit), "
+        f"{calibrated.mac_speedup:.2f}x MAC speedup."
     )
 
 
 def _report_markdown(settings, args, reports, calibrated, calibration_text, plots, deploy_text, minutes, n_fit, n_val, n_test):
+    """The text of report.md: settings, Tables I and II, calibration, deployment, plots."""
     import keras
 
     import keras_egt as egt
