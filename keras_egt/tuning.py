@@ -3,9 +3,10 @@
 `EGTHyperModel` is a `keras_tuner.HyperModel` whose search space is λ (the paper's
 0.1 ... 0.5 plus the baseline 0.0) and, as options, the per-exit loss weights and
 the learning rate. Any KerasTuner tuner runs it (`GridSearch`, `RandomSearch`,
-`BayesianOptimization`, `Hyperband`), including KerasTuner's own distributed
-chief/worker mode, and every trial logs, besides Keras' metrics, its validation
-cascade figures, so that trials can be ranked with `objective(...)`:
+`BayesianOptimization`, `Hyperband`; this module's versions of those four refuse a
+second search of one directory, see `LockedSearch`), including KerasTuner's own
+distributed chief/worker mode, and every trial logs, besides Keras' metrics, its
+validation cascade figures, so that trials can be ranked with `objective(...)`:
 
 * `val_consistency`: the paper's Table I "Avg" (`EarlyExitCNN` tracks it);
 * `val_cascade_accuracy`, `val_cascade_speedup`, `val_cascade_macs`: the
@@ -26,6 +27,7 @@ all with `KERASTUNER_ORACLE_IP` and `KERASTUNER_ORACLE_PORT` naming the chief.
 
 import contextlib
 import math
+import os
 
 import keras
 import keras_tuner as kt
@@ -41,10 +43,14 @@ from keras_egt.losses import check_consistency_options
 __all__ = [
     "DEFAULT_LAMBDAS",
     "OBJECTIVES",
+    "BayesianOptimization",
     "CascadeMetrics",
     "EGTHyperModel",
     "GridSearch",
     "GridSearchOracle",
+    "Hyperband",
+    "LockedSearch",
+    "RandomSearch",
     "ResultsTable",
     "harmonic_mean",
     "objective",
@@ -502,10 +508,67 @@ class GridSearchOracle(kt.oracles.GridSearchOracle):
         self._populate_next = list(state.get("populate_next", []))
 
 
-class GridSearch(kt.Tuner):
+def _project_dir(tuner_kwargs):
+    """The `directory/project_name` a KerasTuner tuner made with `tuner_kwargs` writes."""
+    return os.path.join(str(tuner_kwargs.get("directory") or "."),
+                        tuner_kwargs.get("project_name") or "untitled_project")
+
+
+@contextlib.contextmanager
+def _search_lock(project_dir):
+    """The one-writer lock of a tuner directory (`keras_egt.locks.writer_lock`).
+
+    In KerasTuner's distributed mode (its `KERASTUNER_ORACLE_IP` set) the chief's
+    oracle hands out every trial once, and the chief and its workers share the
+    directory: there it takes no lock.
+    """
+    from keras_egt.locks import writer_lock
+
+    if "KERASTUNER_ORACLE_IP" in os.environ:
+        yield None
+        return
+    with writer_lock(project_dir, "tuner directory") as path:
+        yield path
+
+
+class LockedSearch:
+    """Mixin of a KerasTuner tuner: one search at a time per `directory/project_name`.
+
+    Two searches on one directory would both run every trial, and a second tuner made
+    with `overwrite=True` would delete the running one's trials. So `search` and an
+    `overwrite=True` construction hold the directory's lock (`keras_egt.locks`); the
+    second is refused at once, before any trial runs or any file is removed, with one
+    line naming the directory and the process that holds it. Put it first among the
+    bases: `class RandomSearch(LockedSearch, kt.RandomSearch)`.
+
+    Example:
+    >>> tuner = RandomSearch(hypermodel, objective=objective("score"), max_trials=10,
+    ...                      directory="runs", project_name="lambda")
+    >>> tuner.search(x_train, y_train, validation_split=0.15, epochs=50)
+    """
+
+    def __init__(self, *args, **kwargs):
+        if not kwargs.get("overwrite"):
+            super().__init__(*args, **kwargs)
+            return
+        with _search_lock(_project_dir(kwargs)):
+            super().__init__(*args, **kwargs)
+
+    def search(self, *fit_args, **fit_kwargs):
+        """`keras_tuner.Tuner.search`, refused while another process searches this directory.
+
+        Raises:
+            keras_egt.locks.LockedError: another live process searches it (one line).
+        """
+        with _search_lock(self.project_dir):
+            return super().search(*fit_args, **fit_kwargs)
+
+
+class GridSearch(LockedSearch, kt.Tuner):
     """`keras_tuner.GridSearch` that resumes a stopped search (see `GridSearchOracle`).
 
-    Takes exactly `keras_tuner.GridSearch`'s arguments.
+    Takes exactly `keras_tuner.GridSearch`'s arguments; one search at a time per
+    directory (`LockedSearch`).
 
     Example:
     >>> tuner = GridSearch(hypermodel, objective=objective("score"), directory="runs",
@@ -524,17 +587,17 @@ class GridSearch(kt.Tuner):
         )
         super().__init__(oracle, hypermodel, **kwargs)
 
-    def search(self, *fit_args, **fit_kwargs):
-        """`keras_tuner.Tuner.search`, refused while another process searches this directory.
 
-        Two searches on one `directory/project_name` would both run every trial;
-        the second is refused at once (`keras_egt.locks.writer_lock`) with one line
-        naming the directory and the process that holds it.
-        """
-        from keras_egt.locks import writer_lock
+class RandomSearch(LockedSearch, kt.RandomSearch):
+    """`keras_tuner.RandomSearch`, one search at a time per directory (`LockedSearch`)."""
 
-        with writer_lock(self.project_dir, "tuner directory"):
-            return super().search(*fit_args, **fit_kwargs)
+
+class BayesianOptimization(LockedSearch, kt.BayesianOptimization):
+    """`keras_tuner.BayesianOptimization`, one search at a time per directory (`LockedSearch`)."""
+
+
+class Hyperband(LockedSearch, kt.Hyperband):
+    """`keras_tuner.Hyperband`, one search at a time per directory (`LockedSearch`)."""
 
 
 # --- results ---------------------------------------------------------------------

@@ -8,12 +8,14 @@ in a child process, so a crash fails the test instead of killing pytest.
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -439,14 +441,19 @@ def test_the_probe_refuses_a_segment_swapped_after_the_check(deployed, tmp_path)
         export.runtime.probe_tflm(folder, [first], [arena])
 
 
-def _rewrite_segment(folder, seg, edit):
-    """Edits segment `seg` with `edit(model_object)`, then recomputes every digest."""
+def _edited(data, edit):
+    """The flatbuffer `data` after `edit(model_object)`."""
     from tensorflow.lite.tools import flatbuffer_utils
 
-    path = folder / seg["file"]
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(path.read_bytes()))
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
     edit(model)
-    data = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _rewrite_segment(folder, seg, edit):
+    """Edits segment `seg` with `edit(model_object)`, then recomputes every digest."""
+    path = folder / seg["file"]
+    data = _edited(path.read_bytes(), edit)
     path.write_bytes(data)
 
     def update(m):
@@ -478,3 +485,46 @@ def test_a_structurally_invalid_segment_is_refused_before_tflm(deployed, tmp_pat
     assert code == 0, err[-2000:]
     assert "ERROR RuntimeError segment 1 (segment_1.tflite)" in out, out + err[-2000:]
     assert "not a valid TFLite flatbuffer (LiteRT's verifier" in out, out
+
+
+VERIFIER = "not a valid TFLite flatbuffer (LiteRT's verifier"
+
+
+def test_arena_measurement_refuses_an_invalid_flatbuffer(deployed):
+    # The export measures every segment's arena in a child that hands TFLM the bytes;
+    # a weight buffer cut to 4 bytes would be read out of bounds there.
+    seg = deployed["manifest"]["segments"][0]
+    data = _edited((Path(deployed["dir"]) / seg["file"]).read_bytes(), _truncate_weights)
+    with pytest.raises(ValueError, match=r"measuring the TFLM arena: .*" + re.escape(VERIFIER)):
+        export.runtime.tflm_arena_bytes(data, seg["input"]["shape"], seg["input"]["zero_point"])
+
+
+def test_tflm_gets_only_the_bytes_the_probe_verified(deployed):
+    first, second = deployed["manifest"]["segments"][:2]
+    folder = Path(deployed["dir"])
+    export.runtime.probe_tflm(folder, [first], [first["arena_bytes"]])
+    # The runner's own load path: bytes other than the probed ones are refused, even
+    # under the probed segment's manifest entry.
+    with pytest.raises(RuntimeError, match=r"segment 1 \(segment_1.tflite\): these bytes were "
+                                           r"not verified and run on TFLM .* Received: sha256"):
+        export.runtime._TFLMSegment((folder / second["file"]).read_bytes(), first)
+    segment = export.runtime._TFLMSegment((folder / first["file"]).read_bytes(), first)
+    probabilities, features = segment(np.full(first["input"]["shape"],
+                                              first["input"]["zero_point"], np.int8))
+    assert probabilities.shape == (3,) and features.shape == tuple(first["features"]["shape"])
+
+
+def test_probe_tflm_file_refuses_an_invalid_file_and_opens_a_valid_one(deployed, tmp_path):
+    seg = deployed["manifest"]["segments"][-1]
+    good = Path(deployed["dir"]) / seg["file"]
+    bad = tmp_path / "final_only.tflite"
+    bad.write_bytes(_edited(good.read_bytes(), _truncate_weights))
+    shape, zero_point = seg["input"]["shape"], seg["input"]["zero_point"]
+    with pytest.raises(RuntimeError, match=r"'final_only.tflite': TFLM could not .*"
+                                           + re.escape(VERIFIER)):
+        export.runtime.probe_tflm_file(bad, seg["arena_bytes"], shape, zero_point)
+    data = export.runtime.probe_tflm_file(good, seg["arena_bytes"], shape, zero_point)
+    interpreter = export.runtime.tflm_interpreter(data, seg["arena_bytes"], "the last segment")
+    interpreter.set_input(np.full(shape, zero_point, np.int8), 0)
+    interpreter.invoke()
+    assert np.array(interpreter.get_output(0)).shape == (1, 3)

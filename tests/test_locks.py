@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
 
 from conftest import BACKEND, blob_task
@@ -92,3 +93,70 @@ def test_a_second_export_into_one_folder_is_refused(holder, tmp_path):
         egt.export.export_cascade(model, out, x[:4])
     _refusal(error, out, process)
     assert sorted(os.listdir(tmp_path)) == [".deploy.lock"]  # no staging folder left
+
+
+def _tiny_hypermodel():
+    return egt.tuning.EGTHyperModel(num_classes=3, input_shape=(32, 32, 2),
+                                    widths=(2, 2, 2, 2, 2), lambdas=[0.0, 0.1])
+
+
+@pytest.mark.parametrize("tuner_class, options", [
+    ("RandomSearch", {"max_trials": 1}),
+    ("BayesianOptimization", {"max_trials": 1}),
+    ("Hyperband", {"max_epochs": 2, "hyperband_iterations": 1}),
+])
+def test_every_tuner_of_the_package_refuses_a_second_search(holder, tmp_path, tuner_class,
+                                                             options):
+    x, y = blob_task(n=8, size=32)
+    tuner = getattr(egt.tuning, tuner_class)(
+        _tiny_hypermodel(), objective=egt.tuning.objective("score"), directory=str(tmp_path),
+        project_name="lambda", **options)
+    process = holder(tuner.project_dir)
+    with pytest.raises(locks.LockedError, match="is writing this tuner directory") as error:
+        tuner.search(x, y, validation_split=0.5, epochs=1, verbose=0)
+    _refusal(error, tuner.project_dir, process)
+    assert not tuner.oracle.trials  # refused before any trial ran
+
+
+def test_overwrite_cannot_delete_a_running_search(holder, tmp_path):
+    project = tmp_path / "lambda"
+    (project / "trial_00").mkdir(parents=True)
+    (project / "trial_00" / "trial.json").write_text("{}")
+    process = holder(project)
+    with pytest.raises(locks.LockedError, match="is writing this tuner directory") as error:
+        egt.tuning.RandomSearch(_tiny_hypermodel(), objective=egt.tuning.objective("score"),
+                                max_trials=1, directory=str(tmp_path), project_name="lambda",
+                                overwrite=True)
+    _refusal(error, project, process)
+    assert (project / "trial_00" / "trial.json").read_text() == "{}"  # nothing removed
+
+
+@pytest.mark.parametrize("tuner", ["random", "hyperband"])
+def test_a_second_tune_command_is_refused_in_one_line(holder, tmp_path, capsys, tuner):
+    from keras_egt import cli
+
+    x, y = blob_task(n=12, size=32)
+    data = tmp_path / "tiny.npz"
+    np.savez(data, x_train=x, y_train=y, x_test=x[:6], y_test=y[:6])
+    project = tmp_path / "runs" / "lambda"
+    process = holder(project)
+    code = cli.main(["tune", "--tuner", tuner, "--data", str(data), "--widths", "2,2,2,2,2",
+                     "--lambdas", "0,0.1", "--max-trials", "1", "--epochs", "2", "--verbose",
+                     "0", "--directory", str(tmp_path / "runs"), "--output-dir",
+                     str(tmp_path / "tune")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "is writing this tuner directory" in err and f"pid {process.pid}" in err, err
+    assert not list(project.glob("trial_*"))  # refused before any trial ran
+    assert not (tmp_path / "tune").exists()
+
+
+def test_a_distributed_search_shares_its_directory(holder, tmp_path, monkeypatch):
+    # The chief's oracle hands out each trial once; its workers use the same folder.
+    process = holder(tmp_path / "lambda")
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", "8000")
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner0")
+    with egt.tuning._search_lock(str(tmp_path / "lambda")) as path:
+        assert path is None
+    assert process.poll() is None

@@ -462,3 +462,35 @@ def test_cli_tune_end_to_end(tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         cli_main(args + ["--objective", "nope"])
     assert exited.value.code == 2
+
+
+def _tune_on_damaged(tmp_path, capsys, files):
+    """`keras-egt tune` resuming in a project holding `files`: (exit code, stderr, project)."""
+    x, y = blob_task(n=12, size=32)
+    data = tmp_path / "tiny.npz"
+    np.savez(data, x_train=x, y_train=y, x_test=x[:6], y_test=y[:6])
+    project = tmp_path / "runs" / "lambda"
+    for name, text in files.items():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text(text)
+    code = cli_main(["tune", "--data", str(data), "--widths", "2,2,2,2,2", "--lambdas", "0",
+                     "--epochs", "1", "--verbose", "0", "--directory", str(tmp_path / "runs"),
+                     "--output-dir", str(tmp_path / "tune")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err, project
+
+
+def test_tune_names_the_truncated_checkpoint_file(tmp_path, capsys):
+    # A search stopped while KerasTuner wrote trial_01's state; tuner0.json is valid JSON.
+    err, project = _tune_on_damaged(tmp_path, capsys, {
+        "tuner0.json": "{}", "trial_01/trial.json": '{"trial_id": "01", "hyperparameters": {"spa'})
+    assert f"{project}: {project / 'trial_01' / 'trial.json'} is damaged (JSONDecodeError: " \
+        "Unterminated string" in err, err
+    assert "tuner0.json" not in err and "--overwrite" in err
+
+
+def test_tune_refuses_an_oracle_checkpoint_missing_its_keys_in_one_line(tmp_path, capsys):
+    err, project = _tune_on_damaged(tmp_path, capsys, {"tuner0.json": "{}", "oracle.json": "{}"})
+    assert f"cannot resume the search in {project}: a tuner checkpoint there is damaged" in err
+    assert "RuntimeError" in err and "--overwrite" in err

@@ -128,29 +128,57 @@ def _make_tuner(args, hypermodel, objective, max_consecutive_failed_trials=1):
     project = os.path.join(args.directory, args.project_name)
     try:
         return _new_tuner(args, hypermodel, objective, max_consecutive_failed_trials)
-    # Resuming reads oracle.json and the trials' JSON: truncated or edited ones raise
-    # JSONDecodeError (a ValueError), KeyError or TypeError naming no file.
-    except (ValueError, KeyError, TypeError) as error:
+    # Resuming reads the trials' trial.json, oracle.json and tuner0.json: truncated or
+    # edited ones raise JSONDecodeError (a ValueError), KeyError or TypeError naming no
+    # file; a key missing from oracle.json comes as KerasTuner's RuntimeError.
+    except (ValueError, KeyError, TypeError, RuntimeError) as error:
+        if isinstance(error, RuntimeError) and not isinstance(error.__cause__, KeyError):
+            raise
+        damaged = _unreadable_json(project)
+        what = (f"{', '.join(damaged)} {'is' if len(damaged) == 1 else 'are'} damaged"
+                if damaged else "a tuner checkpoint there is damaged")
         raise CLIError(
-            f"cannot resume the search in {project}: a tuner checkpoint there is damaged "
+            f"cannot resume the search in {project}: {what} "
             f"({type(error).__name__}: {' '.join(str(error).split())[:120]}). Remove "
             f"{project}, pass --overwrite, or pick another --directory."
         ) from None
 
 
+def _unreadable_json(project, most=3):
+    """The checkpoint files of `project` that are not valid JSON, in KerasTuner's reading
+    order (each trial's trial.json, oracle.json, then the tuners' files); at most `most`."""
+    import glob
+
+    paths = (sorted(glob.glob(os.path.join(glob.escape(project), "trial_*", "trial.json")))
+             + [os.path.join(project, "oracle.json")]
+             + sorted(glob.glob(os.path.join(glob.escape(project), "tuner*.json"))))
+    damaged = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                json.load(f)
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError):  # ValueError: bad JSON or bad UTF-8
+            damaged.append(path)
+            if len(damaged) == most:
+                break
+    return damaged
+
+
 def _new_tuner(args, hypermodel, objective, max_consecutive_failed_trials):
-    import keras_tuner as kt
+    # keras_egt.tuning's tuners, never KerasTuner's own: they hold the directory's lock
+    # (tuning.LockedSearch), so a second `tune` on it is refused before any trial.
+    from keras_egt import tuning
 
     common_args = dict(objective=objective, directory=args.directory,
                        project_name=args.project_name, overwrite=args.overwrite,
                        seed=args.seed,
                        max_consecutive_failed_trials=max_consecutive_failed_trials)
     if args.tuner == "hyperband":
-        return kt.Hyperband(hypermodel, max_epochs=args.epochs, **common_args)
-    from keras_egt import tuning
-
-    cls = {"grid": tuning.GridSearch, "random": kt.RandomSearch,
-           "bayesian": kt.BayesianOptimization}[args.tuner]
+        return tuning.Hyperband(hypermodel, max_epochs=args.epochs, **common_args)
+    cls = {"grid": tuning.GridSearch, "random": tuning.RandomSearch,
+           "bayesian": tuning.BayesianOptimization}[args.tuner]
     max_trials = args.max_trials or (None if args.tuner == "grid" else 10)
     return cls(hypermodel, max_trials=max_trials, **common_args)
 

@@ -1,14 +1,16 @@
 """Finds the smallest TFLM arena of a model; run as a script by `runtime.tflm_arena_bytes`.
 
-    python _arena_probe.py MODEL.tflite ZERO_POINT SHAPE LOW HIGH RECORDED
+    python _arena_probe.py MODEL.tflite SHA256 ZERO_POINT SHAPE LOW HIGH RECORDED
     python _arena_probe.py --check JOB_JSON      (see `check`)
     python _arena_probe.py --serve               (see `serve`)
 
 TFLM's Python interpreter can crash the process (not raise) when the arena is a few
 bytes short, so every probe of a too-small arena runs here, in a child process that
-reports each step on stdout: "recorded N", "try N", "ok N", "fail N", "verified N".
+reports each step on stdout: "recorded N", "try N", "ok N", "fail N", "verified N",
+or "invalid MESSAGE" when the file is not the SHA256 given or not a valid flatbuffer.
 LOW is a size known to fail (-1: none), HIGH one known to allocate (0: none),
-RECORDED the recording allocator's total (0: measure it). Imports no keras_egt (fast).
+RECORDED the recording allocator's total (0: measure it). Every path here hands TFLM
+only bytes that `verified_bytes` returned. Imports no keras_egt (fast).
 """
 
 import hashlib
@@ -43,9 +45,12 @@ def quiet(function):
         return result, sink.read().decode("utf-8", "replace")
 
 
-def main(path, zero_point, shape, low, high, recorded):
-    with open(path, "rb") as f:
-        model = f.read()
+def main(path, sha256, zero_point, shape, low, high, recorded):
+    try:
+        model = verified_bytes(path, sha256)
+    except ValueError as error:
+        say("invalid", " ".join(str(error).split()))
+        raise SystemExit(1) from None
     sample = np.full(shape, zero_point, np.int8)
 
     def run(size, record=False):
@@ -182,6 +187,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "--serve":
         serve()
         sys.exit(0)
-    path, zero_point, shape, low, high, recorded = sys.argv[1:7]
-    main(path, int(zero_point), tuple(int(d) for d in shape.split(",")), int(low), int(high),
-         int(recorded))
+    path, sha256, zero_point, shape, low, high, recorded = sys.argv[1:8]
+    main(path, sha256, int(zero_point), tuple(int(d) for d in shape.split(",")), int(low),
+         int(high), int(recorded))

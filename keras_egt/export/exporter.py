@@ -13,6 +13,7 @@ import numpy as np
 
 from keras_egt import atomic
 from keras_egt.cascade import resolve_criterion, resolve_thresholds
+from keras_egt.checks import NonFiniteError, check_finite_outputs
 from keras_egt.export import _lifetime
 from keras_egt.export import runtime as rt
 from keras_egt.export.manifest import seal_manifest
@@ -42,6 +43,47 @@ def check_representative_data(data, image_shape):
     if not np.all(np.isfinite(data)):
         raise ValueError("representative_data holds NaN or Inf values; clean them first.")
     return data
+
+
+# What to do about a model whose weights or outputs are NaN or Inf.
+_NONFINITE_FIX = ("its training diverged; retrain it with a lower learning rate and export "
+                  "the new model")
+
+
+def check_finite_model(model, data):
+    """Raises `NonFiniteError` unless `model`'s weights and exit probabilities on `data` are finite.
+
+    The converter calibrates on NaN ranges without a word, so a diverged model would
+    be exported as int8 segments that answer one class from exit 1 for every input.
+    Checked before anything is converted (a forward pass costs far less).
+
+    Args:
+        model: the `EarlyExitModel` to export.
+        data: its representative data, float32 `(n, H, W, C)`.
+
+    Raises:
+        NonFiniteError: a weight or an exit probability is NaN or Inf (one line
+            naming them and the fix).
+
+    Example:
+    >>> check_finite_model(model, x_train[:256])
+    """
+    from keras_egt.metrics import exit_probabilities
+
+    bad = [w.path for w in model.weights if not _all_finite(w)]
+    if bad:
+        raise NonFiniteError(
+            f"the model's weights hold NaN or Inf in {len(bad)} of {len(model.weights)} "
+            f"variables, so its export would be garbage: {_NONFINITE_FIX}. "
+            f"Received: model with non-finite weights {bad[:3]}."
+        )
+    check_finite_outputs(exit_probabilities(model, data),
+                         "the exits' probabilities on representative_data", fix=_NONFINITE_FIX)
+
+
+def _all_finite(variable):
+    values = keras.ops.convert_to_numpy(variable)
+    return not np.issubdtype(values.dtype, np.inexact) or bool(np.all(np.isfinite(values)))
 
 
 # Staging and replaced folders next to out_dir, tagged with the exporting pid, and the
@@ -205,6 +247,8 @@ def _export_into(folder, model, data, thresholds, class_names, verbose, metadata
     segments = build_segments(model)
     macs = costs.segment_macs(model)
     progress = keras.utils.Progbar(num_exits, unit_name="segment") if verbose else None
+    if progress is not None:
+        progress.update(0)  # shown at once: the first segment takes the longest
     entries, previous = [], None
     for k in range(1, num_exits + 1):
         next_shape = shapes[k] if k < num_exits else None
@@ -273,7 +317,9 @@ def export_cascade(model, out_dir, representative_data, threshold=0.9, class_nam
     input. Each segment is converted with the TFLite converter to full int8
     (`TFLITE_BUILTINS_INT8` only, int8 inputs and outputs), calibrated on
     `representative_data` propagated through the float model (segment k on the
-    float features leaving stage k-1). Then:
+    float features leaving stage k-1). First the float model's weights and its exits'
+    probabilities on `representative_data` are checked finite (`check_finite_model`):
+    a diverged model is refused before anything is converted. Then:
 
     * every op is checked to compute in int8 (no float, Flex or custom op);
     * segment k+1's input quantization is made equal to segment k's features
@@ -335,6 +381,7 @@ def export_cascade(model, out_dir, representative_data, threshold=0.9, class_nam
         raise ValueError(f"class_names has {len(class_names)} names for "
                          f"{model.num_classes} classes.")
     out_dir = _check_out_dir(out_dir, overwrite)
+    check_finite_model(model, data)
     if keras.backend.backend() != "tensorflow":
         return run_in_tensorflow(
             "export_cascade", model, {"representative_data": data},
@@ -385,7 +432,7 @@ def _staging_folder(out_dir):
 
 _ERRORS = {"ValueError": ValueError, "TypeError": TypeError, "ImportError": ImportError,
            "FileNotFoundError": FileNotFoundError, "RuntimeError": RuntimeError,
-           "PermissionError": PermissionError}
+           "PermissionError": PermissionError, "NonFiniteError": NonFiniteError}
 
 
 def run_in_tensorflow(function, model, arrays, kwargs):

@@ -112,7 +112,8 @@ def int8_thresholds(manifest, threshold):
             for t, s in zip(values[:-1], segments[:-1])] + [None]
 
 
-def tflm_time_per_sample(deploy_dir, final_only, x, samples=200, warmup=2, threshold=None):
+def tflm_time_per_sample(deploy_dir, final_only, x, samples=200, warmup=2, threshold=None,
+                         verbose=0):
     """Batch-1 ms per sample on the TFLM interpreter: the int8 cascade vs without early exit.
 
     The cascade (`CascadeRunner.predict`, stopping at the first confident exit) and
@@ -128,6 +129,8 @@ def tflm_time_per_sample(deploy_dir, final_only, x, samples=200, warmup=2, thres
         warmup: untimed samples first.
         threshold: None for the exported thresholds, else probability threshold(s)
             (as `Cascade`) turned into each segment's int8 test (`int8_threshold`).
+        verbose: 1 shows a progress bar over the timed samples (updated outside the
+            clocked spans).
 
     Returns:
         A dict: `samples`, `ms_with_early_exit`, `ms_without_early_exit`, `speedup`,
@@ -138,14 +141,16 @@ def tflm_time_per_sample(deploy_dir, final_only, x, samples=200, warmup=2, thres
     >>> tflm_time_per_sample("deploy/", info, x_test, samples=100)["speedup"]
     """
     from keras_egt import cascade
-    from keras_egt.export import _deps, runtime as rt
+    from keras_egt.export import runtime as rt
 
-    tflm = _deps.require("tflite_micro.python.tflite_micro.runtime", "the TFLM runtime")
     runner = rt.load_cascade(deploy_dir, runtime="tflm")
     if threshold is not None:
         runner.thresholds_int8 = int8_thresholds(runner.manifest, threshold)
-    with open(final_only["path"], "rb") as f:
-        interpreter = tflm.Interpreter.from_bytes(f.read(), arena_size=final_only["arena_bytes"])
+    # The one door to TFLM: the verifier and the probe child see these bytes first.
+    data = rt.probe_tflm_file(final_only["path"], final_only["arena_bytes"],
+                              (1,) + tuple(runner.input_shape), final_only["zero_point"],
+                              where="the final-only model")
+    interpreter = rt.tflm_interpreter(data, final_only["arena_bytes"], "the final-only model")
     scale, zero_point = final_only["scale"], final_only["zero_point"]
     x = np.asarray(x)
     count = min(int(samples), len(x))
@@ -164,6 +169,7 @@ def tflm_time_per_sample(deploy_dir, final_only, x, samples=200, warmup=2, thres
         runner.predict(x[i : i + 1])
         without(x[i : i + 1])
     early, full, exits, labels_early, labels_full = [], [], [], [], []
+    progress = _progress(count, verbose)
     for i in range(count):
         sample = x[i : i + 1]
         for path in ((0, 1) if i % 2 == 0 else (1, 0)):
@@ -176,6 +182,8 @@ def tflm_time_per_sample(deploy_dir, final_only, x, samples=200, warmup=2, thres
             else:
                 labels_full.append(without(sample))
                 full.append(clock() - start)
+        if progress is not None:
+            progress.update(i + 1)
     mean_early, mean_full = float(np.mean(early)), float(np.mean(full))
     return {
         "samples": count,
@@ -188,3 +196,11 @@ def tflm_time_per_sample(deploy_dir, final_only, x, samples=200, warmup=2, thres
         "labels_with_early_exit": labels_early,
         "labels_without_early_exit": labels_full,
     }
+
+
+def _progress(count, verbose):
+    if not verbose:
+        return None
+    import keras
+
+    return keras.utils.Progbar(count, unit_name="sample")

@@ -492,6 +492,9 @@ def quantization_aware_export(model, out_dir, x_train, y_train, representative_d
     check_model(model)
     if representative_data is None:
         representative_data = np.asarray(x_train)[:256]
+    # Before any fine-tuning: a diverged model would be tuned for minutes, then refused.
+    exporter.check_finite_model(
+        model, exporter.check_representative_data(representative_data, model.image_shape))
     from keras_egt.cascade import resolve_thresholds
 
     settings = dict(threshold=list(resolve_thresholds(threshold, model.num_exits)),

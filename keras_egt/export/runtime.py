@@ -235,10 +235,17 @@ def probe_tflm(deploy_dir, segments, arenas):
     exception) when the arena is too small or the flatbuffer is malformed, and a
     manifest's `arena_bytes` or a segment file can be edited along with every digest
     (see `keras_egt.export.manifest`). So every (file, arena) pair is tried once per
-    process in `_arena_probe.py --check`; a crash there becomes a RuntimeError here.
+    process in `_arena_probe.py --check`, which runs LiteRT's flatbuffer verifier on
+    the very bytes it hands TFLM; a refusal or a crash there becomes an error here.
+
+    Args:
+        deploy_dir: the deploy folder.
+        segments: manifest entries of the segments to check.
+        arenas: the arena bytes of each.
 
     Raises:
-        RuntimeError: naming the segment, the arena and what TFLM said.
+        ValueError: an arena below the recorded one (before TFLM is touched).
+        RuntimeError: naming the segment, the arena and what TFLM or the verifier said.
     """
     for seg, arena in zip(segments, arenas):
         if int(arena) < seg["arena_recorded_bytes"]:
@@ -247,18 +254,53 @@ def probe_tflm(deploy_dir, segments, arenas):
                 f"{seg['arena_recorded_bytes']} bytes TFLM's recording allocator recorded for "
                 "it; refusing before TFLM touches it."
             )
-    todo = [(seg, int(a)) for seg, a in zip(segments, arenas)
-            if (seg["sha256"], int(a)) not in _PROBED]
+    # Absolute: the long-lived child keeps the working directory it was started in.
+    _probe([{"path": os.path.abspath(os.path.join(os.fspath(deploy_dir), seg["file"])),
+             "sha256": seg["sha256"], "arena": int(arena),
+             "zero_point": seg["input"]["zero_point"], "shape": seg["input"]["shape"],
+             "outputs": [seg["probabilities"]["output_index"]]
+             + ([] if seg["features"] is None else [seg["features"]["output_index"]]),
+             "where": f"segment {seg['index']} ({seg['file']})"}
+            for seg, arena in zip(segments, arenas)])
+
+
+def probe_tflm_file(path, arena_bytes, input_shape, input_zero_point=0, num_outputs=1,
+                    where=None):
+    """Checks one `.tflite` file on TFLM as `probe_tflm` checks a segment; returns its bytes.
+
+    For a model outside a deploy folder (e.g. `final_only.tflite`): hand the bytes
+    returned to `tflm_interpreter`, which takes no other.
+
+    Args:
+        path: the `.tflite` file.
+        arena_bytes: the arena to allocate it in.
+        input_shape: its int8 input's shape (with batch).
+        input_zero_point: the input value fed for the check.
+        num_outputs: its outputs (each one's details are read).
+        where: what to call it in errors (default: the file's name).
+
+    Returns:
+        The file's bytes, verified and run by the probe child.
+
+    Example:
+    >>> data = probe_tflm_file("deploy/final_only.tflite", 20000, (1, 32, 32, 2), -1)
+    >>> interpreter = tflm_interpreter(data, 20000, "the final-only model")
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    _probe([{"path": os.path.abspath(os.fspath(path)), "sha256": sha256(data),
+             "arena": int(arena_bytes), "zero_point": int(input_zero_point),
+             "shape": [int(d) for d in input_shape], "outputs": list(range(int(num_outputs))),
+             "where": where or repr(os.path.basename(os.fspath(path)))}])
+    return data
+
+
+def _probe(items):
+    """Runs the not yet probed `items` (job entries with a `where`) in the probe child."""
+    todo = [item for item in items if (item["sha256"], item["arena"]) not in _PROBED]
     if not todo:
         return
-    # Absolute: the long-lived child keeps the working directory it was started in.
-    job = [{"path": os.path.abspath(os.path.join(os.fspath(deploy_dir), seg["file"])),
-            "sha256": seg["sha256"],
-            "arena": arena, "zero_point": seg["input"]["zero_point"],
-            "shape": seg["input"]["shape"], "index": seg["index"],
-            "outputs": [seg["probabilities"]["output_index"]]
-            + ([] if seg["features"] is None else [seg["features"]["output_index"]])}
-           for seg, arena in todo]
+    job = [dict(item, index=i) for i, item in enumerate(todo, 1)]
     lines, returncode, stderr = _PROBER.run(json.dumps(job))
     done = {}
     current = None
@@ -272,44 +314,74 @@ def probe_tflm(deploy_dir, segments, arenas):
             current = None
         elif word == "error":
             stderr = rest
-    for seg, arena in todo:
-        word, message = done.get(seg["index"], (None, ""))
-        where = f"segment {seg['index']} ({seg['file']})"
+    for item in job:
+        word, message = done.get(item["index"], (None, ""))
+        where, arena = item["where"], item["arena"]
         if word == "ok":
-            _PROBED.add((seg["sha256"], arena))
+            _PROBED.add((item["sha256"], arena))
             continue
         if word == "fail":
             raise RuntimeError(f"{where}: TFLM could not allocate or run it in {arena} bytes of "
                                f"arena: {message[-300:]}")
-        crashed = returncode is not None and (current == seg["index"] or returncode < 0)
+        crashed = returncode is not None and (current == item["index"] or returncode < 0)
         if crashed:
             raise RuntimeError(
                 f"{where}: TFLM crashed (exit code {returncode}) allocating it in "
                 f"{arena} bytes of arena; the manifest's arena_bytes is too small or the "
-                "segment file is malformed. Refusing it; re-export the model."
+                "file is malformed. Refusing it; re-export the model."
             )
         raise RuntimeError(f"{where}: checking it on TFLM failed: "
                            + " ".join((stderr or "").split())[-400:])
+
+
+def tflm_interpreter(data, arena_bytes, where):
+    """A TFLM interpreter of `data` in `arena_bytes`, if the probe child ran these very bytes.
+
+    The one door to TFLM's Python interpreter in this process: TFLM runs no flatbuffer
+    verifier, so it gets only bytes whose sha256 the probe child verified with LiteRT
+    and ran in that arena (`probe_tflm`, `probe_tflm_file`).
+
+    Args:
+        data: the `.tflite` bytes.
+        arena_bytes: the arena size.
+        where: what to call the model in errors, e.g. "segment 1 (segment_1.tflite)".
+
+    Returns:
+        A `tflite_micro` interpreter.
+
+    Raises:
+        RuntimeError: the bytes were not probed in that arena, or TFLM refused them.
+
+    Example:
+    >>> interpreter = tflm_interpreter(read_segment("deploy", seg), seg["arena_bytes"],
+    ...                                "segment 1")
+    """
+    tflm = _deps.require("tflite_micro.python.tflite_micro.runtime", "the TFLM runtime")
+    arena = int(arena_bytes)
+    if (sha256(data), arena) not in _PROBED:
+        raise RuntimeError(
+            f"{where}: these bytes were not verified and run on TFLM in {arena} bytes of arena "
+            "first; refusing to hand them to TFLM. Check them with probe_tflm (or "
+            f"probe_tflm_file) first. Received: sha256 {sha256(data)[:16]}..., arena {arena}."
+        )
+    native = []
+    try:
+        with _deps.captured_native_output(native):
+            return tflm.Interpreter.from_bytes(data, arena_size=arena)
+    except Exception as error:
+        raise RuntimeError(
+            f"{where}: TFLM could not allocate it in {arena} bytes of arena: {error}. "
+            + " ".join("".join(native).split())[-300:]
+        ) from error
 
 
 class _TFLMSegment:
     """One segment on the TensorFlow Lite Micro interpreter, in its manifest arena."""
 
     def __init__(self, data, seg, arena_bytes=None):
-        tflm = _deps.require("tflite_micro.python.tflite_micro.runtime", "the TFLM runtime")
         where = f"segment {seg['index']} ({seg['file']})"
         arena = int(arena_bytes if arena_bytes is not None else seg["arena_bytes"])
-        if (seg["sha256"], arena) not in _PROBED:
-            raise RuntimeError(f"{where}: probe_tflm must check the arena first.")
-        native = []
-        try:
-            with _deps.captured_native_output(native):
-                self.interpreter = tflm.Interpreter.from_bytes(data, arena_size=arena)
-        except Exception as error:
-            raise RuntimeError(
-                f"{where}: TFLM could not allocate it in {arena} bytes of arena: {error}. "
-                + " ".join("".join(native).split())[-300:]
-            ) from error
+        self.interpreter = tflm_interpreter(data, arena, where)
 
         def detail(d):
             q = d["quantization_parameters"]
@@ -346,7 +418,8 @@ def tflm_arena_bytes(model_bytes, input_shape, input_zero_point=0, return_record
     the model: the recorded total, raised by bisection where needed, and verified by
     running the model in exactly that many bytes. The probes run in a child process
     (`_arena_probe.py`): TFLM can crash, rather than fail, in an arena a few bytes
-    too small.
+    too small. That child hands TFLM only bytes of the sha256 given and accepted by
+    LiteRT's flatbuffer verifier, as every path to TFLM does (see `tflm_interpreter`).
 
     Args:
         model_bytes: the `.tflite` flatbuffer.
@@ -357,11 +430,19 @@ def tflm_arena_bytes(model_bytes, input_shape, input_zero_point=0, return_record
     Returns:
         The arena bytes (host build; a 32-bit MCU needs about the same or slightly
         less, since TFLM's structs hold pointers), or `(bytes, recorded)`.
+
+    Raises:
+        ValueError: LiteRT's verifier refuses the flatbuffer (before TFLM reads it).
+        RuntimeError: TFLM cannot allocate or run it.
+
+    Example:
+    >>> tflm_arena_bytes(model_bytes, (1, 32, 32, 2), input_zero_point=-1)
     """
     _deps.require("tflite_micro.python.tflite_micro.runtime", "measuring the TFLM arena")
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_arena_probe.py")
     shape = ",".join(str(int(d)) for d in input_shape)
     low, high, recorded, verified = -1, 0, 0, None
+    digest = sha256(model_bytes)  # the child verifies the bytes it reads (and LiteRT them)
     _lifetime.remove_stale(tempfile.gettempdir(), ARENA_TMP_PATTERN)
     with tempfile.TemporaryDirectory(prefix=f"keras_egt_arena_{os.getpid()}_") as work:
         path = os.path.join(work, "model.tflite")
@@ -369,12 +450,14 @@ def tflm_arena_bytes(model_bytes, input_shape, input_zero_point=0, return_record
             f.write(model_bytes)
         for _ in range(64):
             process = _lifetime.run_child(
-                [sys.executable, script, path, str(int(input_zero_point)), shape, str(low),
-                 str(high), str(recorded)],
+                [sys.executable, script, path, digest, str(int(input_zero_point)), shape,
+                 str(low), str(high), str(recorded)],
             )
             trying = None
             for line in process.stdout.split("\n"):
                 word, _, value = line.partition(" ")
+                if word == "invalid":
+                    raise ValueError(f"measuring the TFLM arena: {value}")
                 if word == "recorded":
                     recorded = int(value)
                 elif word == "try":
