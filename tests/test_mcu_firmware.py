@@ -2,8 +2,10 @@
 
 A tiny exported cascade is built with TFLM + CMSIS-NN, run under qemu-system-arm, and
 its labels, exits and int8 confidences are compared with TFLM's Python interpreter (an
-independent runtime: x86 reference kernels). The TFLM library build (minutes) is
-cached across runs under $KERAS_EGT_CACHE_DIR / ~/.cache/keras_egt.
+independent runtime: x86 reference kernels). The TFLM library (the core and the
+cascade's kernels only, a few minutes cold) is built once by the module's firmware run
+and cached across runs under $KERAS_EGT_CACHE_DIR / ~/.cache/keras_egt; the other
+build tests reuse its objects.
 
 The firmware tests need the TensorFlow pass (the export); the error-message tests run on
 every backend. Skipped, with the reason, only where the Arm toolchain or QEMU is not installed (CI
@@ -132,7 +134,11 @@ def test_firmware_reports_linker_sizes(firmware_run):
     samples_bytes = 16 * math.prod(manifest["segments"][0]["input"]["shape"])
     assert report["outside_flash"] == {".egt_samples": samples_bytes}
     assert report["flash_bytes"] == report["size"]["text"] + report["size"]["data"] - samples_bytes
-    assert rs["arena"] == report["arena_bytes"] == max(report["arena_bytes_per_segment_target"])
+    # One region per segment (16-byte aligned), against one arena of the largest.
+    targets = report["arena_bytes_per_segment_target"]
+    assert report["arena_design"] == "per_segment"
+    assert rs["arena"] == report["arena_bytes"] == sum(-(-a // 16) * 16 for a in targets)
+    assert report["arena_bytes_shared_design"] == max(targets)
     assert 0 < rs["stack"] < report["stack_reserved_bytes"]
     assert all(a > 0 for a in report["arena_bytes_per_segment_target"])
 
@@ -238,24 +244,189 @@ def _fake_tflm(root, makefile="all:\n\t@echo nothing\n"):
 
 @needs_tools
 def test_tflm_cache_is_keyed_by_the_sources_and_never_half_written(tmp_path):
-    from keras_egt.export import firmware
+    from keras_egt.export import tflm_build
 
     gcc = shutil.which("arm-none-eabi-gcc")
     tree = _fake_tflm(tmp_path / "tflm", "microlite:\n\t@exit 3\n")
-    key = firmware._tree_key(tree, gcc)
+    key = tflm_build.tree_key(tree, gcc)
     (tree / "tensorflow/lite/micro/micro_interpreter.cc").write_text("// changed\n")
-    assert firmware._tree_key(tree, gcc) != key
-    key = firmware._tree_key(tree, gcc)[:20]
+    assert tflm_build.tree_key(tree, gcc) != key
     cache = tmp_path / "cache"
-    # A failing build raises with the make output's tail and leaves nothing in the cache.
-    with pytest.raises(RuntimeError, match="building TFLM failed"):
-        firmware.tflm_library(tree, cache)
-    assert list(cache.iterdir()) == []
-    # A finished build under the key is used as is (make is not run again).
-    lib = cache / f"tflm-{key}" / firmware._LIB
-    lib.parent.mkdir(parents=True)
-    lib.write_bytes(b"!<arch>\n")
-    assert firmware.tflm_library(tree, cache) == cache / f"tflm-{key}"
+    # A dry run that lists no compile command raises, and no command list or library
+    # is left in the cache.
+    with pytest.raises(RuntimeError, match="listing TFLM's compile commands failed"):
+        tflm_build.build_library(tree, ["Conv2D"], cache, gcc)
+    leftovers = [p.name for p in cache.rglob("*") if p.is_file()]
+    assert leftovers == ["build.log"], leftovers
+
+
+def _fake_kernels(root):
+    """A TFLM-like tree: a resolver header and kernels, to test the source selection."""
+    tree = _fake_tflm(root)
+    micro = tree / "tensorflow/lite/micro"
+    (micro / "kernels/cmsis_nn").mkdir(parents=True)
+    (micro / "micro_mutable_op_resolver.h").write_text(
+        "  TfLiteStatus AddConv2D(\n      const TFLMRegistration& registration = Register_CONV_2D()) {\n"
+        "  TfLiteStatus AddAdd(const TFLMRegistration& registration = Register_ADD()) {\n")
+    (micro / "kernels/cmsis_nn/conv.cc").write_text(
+        "namespace tflite {\nTFLMRegistration Register_CONV_2D() { return {}; }\n}\n")
+    (micro / "kernels/conv_common.cc").write_text("int ConvPrepare(int x) {\n  return x;\n}\n")
+    (micro / "kernels/add.cc").write_text("TFLMRegistration Register_ADD() {\n  Helper(1);\n}\n")
+    (micro / "kernels/kernel_util.cc").write_text("int Helper(int a,\n           int b) {\n  return a;\n}\n")
+    (micro / "test_helpers.cc").write_text("int Helper(int a) { return a; }\n")
+    from keras_egt.export import tflm_build
+
+    for root in tflm_build._ROOTS:
+        (tree / root).parent.mkdir(parents=True, exist_ok=True)
+        (tree / root).write_text("// what the harness calls\n")
+    sources = [*tflm_build._ROOTS, "tensorflow/lite/micro/test_helpers.cc",
+               "tensorflow/lite/micro/kernels/cmsis_nn/conv.cc",
+               "tensorflow/lite/micro/kernels/conv_common.cc", "tensorflow/lite/micro/kernels/add.cc",
+               "tensorflow/lite/micro/kernels/kernel_util.cc"]
+    return tree, [{"source": s, "object": s + ".o", "argv": []} for s in sources]
+
+
+def test_sources_are_the_core_and_the_ops_kernels(tmp_path):
+    from keras_egt.export import tflm_build
+
+    tree, commands = _fake_kernels(tmp_path / "tflm")
+    # The op's registration is found through the resolver header, in the CMSIS-NN
+    # kernel, with its _common.cc; the test helper and the unused op's kernel are not.
+    assert tflm_build.seed_sources(commands, tree, ["Conv2D"]) == [
+        *tflm_build._ROOTS, "tensorflow/lite/micro/kernels/cmsis_nn/conv.cc",
+        "tensorflow/lite/micro/kernels/conv_common.cc"]
+    with pytest.raises(ValueError, match="no AddMean"):
+        tflm_build.seed_sources(commands, tree, ["Mean"])
+
+
+@needs_tools
+def test_unresolved_symbols_pull_in_their_definitions(tmp_path):
+    from keras_egt.export import tflm_build
+
+    tree, _ = _fake_kernels(tmp_path / "tflm")
+    cxxfilt = str(Path(shutil.which("arm-none-eabi-gcc")).with_name("arm-none-eabi-c++filt"))
+    rest = ["tensorflow/lite/micro/test_helpers.cc", "tensorflow/lite/micro/kernels/add.cc",
+            "tensorflow/lite/micro/kernels/kernel_util.cc"]
+    # _Z6Helperi is Helper(int): defined by kernel_util.cc (a multi-line definition) and
+    # test_helpers.cc; the caller add.cc does not count, and the library file wins.
+    assert tflm_build.missing_sources({"_Z6Helperi", "memcpy"}, rest, tree, cxxfilt) == {
+        "tensorflow/lite/micro/kernels/kernel_util.cc"}
+    assert tflm_build.missing_sources({"memcpy"}, rest, tree, cxxfilt) == set()
+
+
+def _manifest_ops(deploy):
+    manifest = json.loads((Path(deploy) / "manifest.json").read_text())
+    return sorted({op for s in manifest["segments"] for op in s["ops"]})
+
+
+@pytest.mark.tensorflow_only
+@needs_tools
+def test_op_resolver_holds_exactly_the_manifest_ops(firmware_run):
+    """The firmware's resolver finds exactly the manifest's builtin ops (codes from
+    TensorFlow's own schema), and the library holds no kernel of an op not used."""
+    import subprocess
+
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    deploy, _, report, _ = firmware_run
+    ops = _manifest_ops(deploy)
+    codes = sorted(getattr(schema.BuiltinOperator, op) for op in ops)
+    assert report["resolver_builtin_codes"] == codes
+    library = report["tflm_library"]["path"]
+    nm = Path(shutil.which("arm-none-eabi-gcc")).with_name("arm-none-eabi-nm")
+    defined = {line.split()[-1] for line in subprocess.run(
+        [nm, "-g", "--defined-only", "-C", library], capture_output=True, text=True,
+        check=True).stdout.splitlines() if line.strip() and not line.endswith(":")}
+    for op in ops:
+        assert f"tflite::Register_{op}()" in defined, op
+    unused = {"ADD", "TRANSPOSE_CONV", "UNIDIRECTIONAL_SEQUENCE_LSTM", "SVDF", "DEPTHWISE_CONV_2D"}
+    assert not {f"tflite::Register_{op}()" for op in unused - set(ops)} & defined
+    members = subprocess.run([nm.with_name("arm-none-eabi-ar"), "t", library],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert len(members) == report["tflm_library"]["objects"] < 200  # microlite: 315
+
+
+@pytest.mark.tensorflow_only
+@needs_tools
+def test_setup_is_paid_once_at_boot(firmware_run):
+    """Per-segment interpreters allocated at boot: a sample pays only the copies, where
+    the shared arena (interpreter + AllocateTensors per segment per sample) pays far
+    more, for the same bit-exact answers and more arena RAM."""
+    from keras_egt.export import firmware
+
+    deploy, x, report, _ = firmware_run
+    shared = firmware.run_firmware(deploy, x[:4], output=False, arena="shared")
+    assert shared["bit_exact"] and shared["arena_design"] == "shared"
+    assert shared["labels"] == report["labels"][:4]
+    assert shared["boot_setup_instructions"] == 0 < report["boot_setup_instructions"]
+    old, new = shared["setup_instructions_per_segment"], report["setup_instructions_per_segment"]
+    assert all(20 * n < o for n, o in zip(new, old)), (new, old)
+    # The kernels' work is the same in both designs.
+    for a, b in zip(shared["invoke_instructions_per_segment"],
+                    report["invoke_instructions_per_segment"]):
+        assert abs(a - b) <= 0.01 * b
+    # Set-up, copies and the cascade's own work: <= 3% of an exit-1 sample.
+    exits, per_sample = np.array(report["exits"]), np.array(report["instructions_per_sample"])
+    first = per_sample[exits == 0].mean()
+    assert first - report["invoke_instructions_per_segment"][0] <= 0.03 * first
+    assert shared["arena_bytes"] == report["arena_bytes_shared_design"] < report["arena_bytes"]
+
+
+@pytest.mark.tensorflow_only
+@needs_tools
+def test_ctrl_c_keeps_objects_and_the_rerun_resumes(firmware_run, tmp_path):
+    """SIGINT midway: one line, no compiler left running, the finished objects kept; the
+    next build compiles only what was missing."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from keras_egt.export import firmware
+
+    deploy, x, report, _ = firmware_run
+    methods = firmware.resolver_methods(json.loads((Path(deploy) / "manifest.json").read_text()))
+    built = firmware.tflm_library(methods)  # the module's build: cached, compiles nothing
+    assert built["compiled"] == 0
+    home = Path(built["library"]).parents[1]  # <cache>/tflm-<key>
+    cache = tmp_path / "cache"
+    shutil.copytree(home, cache / home.name, ignore=shutil.ignore_patterns("lib"))
+    # Remove some of the library's large objects: the build has to compile them again.
+    objects = sorted(built["objects"], key=lambda p: -p.stat().st_size)
+    removed = [cache / home.name / p.relative_to(home) for p in objects[:6]]
+    for path in removed:
+        path.unlink()
+    np.savez(tmp_path / "x.npz", x=x[:2])
+    env = dict(os.environ, KERAS_BACKEND="tensorflow")
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from keras_egt.cli import main; sys.exit(main())",
+         "firmware", str(deploy), "--samples",
+         str(tmp_path / "x.npz"), "--cache-dir", str(cache), "--output", str(tmp_path / "fw.json")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 300
+    while sum(p.is_file() for p in removed) == 0 and time.time() < deadline:
+        time.sleep(0.1)
+    assert process.poll() is None, process.communicate()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    lines = [line for line in err.splitlines() if "interrupted" in line or "Traceback" in line]
+    assert len(lines) == 1 and "resume" in lines[0], err[-2000:]
+    # No compiler of that build is left: none names the cache in its command line.
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        assert str(cache).encode() not in cmdline, cmdline[:200]
+    # No half-written object: only complete ones under their final names.
+    assert not list((cache / home.name / "obj").rglob(".*.tmp-*"))
+    kept = sum(p.is_file() for p in removed)
+    assert 1 <= kept < len(removed)
+    build = firmware.tflm_library(methods, cache_dir=cache)
+    assert build["compiled"] == len(removed) - kept
+    assert build["total"] == built["total"] and all(p.is_file() for p in removed)
 
 
 def _one_line_exit_2(argv, capsys):

@@ -4,13 +4,15 @@
     keras-egt firmware deploy/ --samples mine.npz --limit 200 --output fw.json
     KERAS_EGT_TFLM_DIR=~/tflite-micro keras-egt firmware deploy/
 
-builds TFLM with CMSIS-NN for Cortex-M4 (once, cached), links the deploy folder's
-segments, the kit's egt_cascade.c (package data) and a test harness holding the samples for the MPS2 AN386
+builds TFLM with CMSIS-NN for Cortex-M4 (the core and the kernels of the deploy
+folder's ops only, in parallel with a progress bar; cached, and an interrupted build
+resumes), links the deploy folder's segments, the kit's egt_cascade.c (package data) and a test harness holding the samples for the MPS2 AN386
 board, runs it under qemu-system-arm, checks labels and exits bit-exact against TFLM's
 Python interpreter, and writes firmware.json (flash, RAM, instructions, speedup).
 """
 
 import os
+import sys
 
 from keras_egt.cli import CLIError
 
@@ -64,7 +66,7 @@ def load_samples(path):
 
 def firmware_command(args):
     """Handler of `keras-egt firmware`; returns the exit code."""
-    from keras_egt.export import firmware
+    from keras_egt.export import firmware, tflm_build
 
     x = load_samples(args.samples) if args.samples else None
     if args.limit is not None:
@@ -82,5 +84,8 @@ def firmware_command(args):
     except firmware.FirmwareMismatchError as error:
         print(f"keras-egt firmware: NOT bit-exact: {error}")
         return 1
+    except tflm_build.BuildInterrupted as stopped:
+        print(f"keras-egt firmware: {stopped}", file=sys.stderr)  # one line, no traceback
+        return 130
     print(firmware.format_firmware_report(report))
     return 0

@@ -4,8 +4,11 @@
 firmware from a deploy folder and runs it under `qemu-system-arm -M mps2-an386` (an
 MPS2 AN386 board, Cortex-M4):
 
-* the TFLM library for Cortex-M4 with the CMSIS-NN kernels (`tflm_library`, built once
-  and cached, keyed by a hash of the TFLM sources and the compiler);
+* a TFLM library for Cortex-M4 of the core and the kernels of the manifest's ops only
+  (CMSIS-NN versions where TFLM has them; `tflm_library`, see `tflm_build`): TFLM's own
+  compile commands, run in parallel with a progress bar, cached per object (keyed by
+  the TFLM sources, the compiler and the recipe; the archive also by flags and op set),
+  and resumed after Ctrl-C;
 * the deploy folder's `model_data.c` and `egt_manifest.h` (rewritten from its
   `manifest.json`, so they match the segments), the kit's `egt_cascade.c`, and the harness
   `mcu/egt_harness.cc` holding the input samples as int8 C arrays (quantized here
@@ -13,9 +16,14 @@ MPS2 AN386 board, Cortex-M4):
   package data (`keras_egt/export/kit/`), so it comes with the wheel.
 
 The harness first finds each segment's smallest TFLM arena on the target (CMSIS-NN asks
-for scratch memory the host's reference kernels do not), then runs every sample twice
-in ONE shared arena of the largest of them: as a cascade (the export's thresholds) and
-straight through all segments (final exit only). It prints labels, exits and the
+for scratch memory the host's reference kernels do not), then, by default, builds one
+interpreter per segment at boot, each allocated once in its own arena region, and runs
+every sample twice: as a cascade (the export's thresholds) and straight through all
+segments (final exit only). A sample pays only the copies around each Invoke;
+`arena="shared"` builds the other design (one arena of the largest segment's size, an
+interpreter and AllocateTensors per segment per sample: less RAM, more instructions).
+The op resolver registers exactly the manifest's ops (`EGT_FOR_EACH_TFLM_OP`), and the
+harness prints the builtin codes it finds. It prints labels, exits and the
 emulated clock around every segment. Under `-icount shift=7` each instruction advances
 emulated time by 128 ns, and the board's SysTick runs at 25 MHz, so ticks × 40/128 are
 instructions, exactly; a calibration loop of known length checks this on every run.
@@ -32,14 +40,12 @@ third-party downloads in place: the `tflm_dir` argument, else `$KERAS_EGT_TFLM_D
 `$KERAS_EGT_CACHE_DIR` (default `~/.cache/keras_egt`).
 """
 
-import hashlib
 import json
 import math
 import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -54,6 +60,7 @@ __all__ = [
     "find_tflm",
     "find_toolchain",
     "format_firmware_report",
+    "resolver_methods",
     "run_firmware",
     "tflm_library",
 ]
@@ -72,13 +79,13 @@ FIRMWARE_JSON = "firmware.json"
 PSRAM_BYTES = 16 << 20  # QEMU mps2-an386: 16 MB at 0x21000000
 FLASH_BYTES = 4 << 20  # 4 MB code memory at 0x00000000
 STACK_BYTES = 0x10000  # reserved by the linker script; the peak is measured
+_ARENA_DESIGNS = {
+    "per_segment": "one interpreter per segment, allocated once at boot in its own arena region",
+    "shared": "one shared arena, an interpreter built and allocated per segment per sample",
+}
 
 _REPO = Path(__file__).resolve().parents[2]  # a checkout's root (the offline TFLM tree)
 _KIT = Path(__file__).resolve().parent / "kit"  # package data: shipped in the wheel
-_BUILD_VERSION = "1"  # bump when the library build recipe changes
-_TARGET = ["TARGET=cortex_m_generic", "TARGET_ARCH=cortex-m4", "OPTIMIZED_KERNEL_DIR=cmsis_nn"]
-_GEN = "gen/cortex_m_generic_cortex-m4_default_cmsis_nn_gcc"
-_LIB = f"{_GEN}/lib/libtensorflow-microlite.a"
 _DOWNLOADS = "tensorflow/lite/micro/tools/make/downloads"
 _DEVICE = f"{_DOWNLOADS}/cmsis/Cortex_DFP/Device/ARMCM4"
 _APT = ("gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib "
@@ -176,94 +183,54 @@ def _version(tool):
     return (out.stdout or out.stderr).splitlines()[0].strip() if (out.stdout or out.stderr) else "?"
 
 
-def _tree_key(tflm, gcc):
-    """sha256 of every file's path and content (about 50 MB: a fraction of a second)."""
-    digest = hashlib.sha256(f"{_BUILD_VERSION} {_version(gcc)} {' '.join(_TARGET)}".encode())
-    for root, dirs, files in os.walk(tflm):
-        dirs[:] = sorted(d for d in dirs if d != "gen")
-        for name in sorted(files):
-            path = os.path.join(root, name)
-            if os.path.islink(path):
-                continue
-            with open(path, "rb") as f:
-                content = hashlib.sha256(f.read()).digest()
-            digest.update(os.path.relpath(path, tflm).encode() + b"\0" + content)
-    return digest.hexdigest()
-
-
-def tflm_library(tflm_dir=None, cache_dir=None, verbose=False):
-    """Builds (once) TFLM for Cortex-M4 with CMSIS-NN kernels; returns the cached tree.
-
-    The source tree (read-only is fine) is copied into a temporary folder of the cache,
-    built there with TFLM's Makefile (`TARGET=cortex_m_generic TARGET_ARCH=cortex-m4
-    OPTIMIZED_KERNEL_DIR=cmsis_nn microlite`, the system toolchain standing in for the
-    one the Makefile would download), and renamed to `tflm-<key>` when done, so an
-    interrupted build leaves no half-built cache. The key hashes the sources and the
-    compiler version. About 9 minutes on 2 cores, once.
+def resolver_methods(manifest):
+    """The op resolver methods (without `Add`) of every op the manifest's segments use.
 
     Args:
-        tflm_dir: the TFLM tree (see `find_tflm`).
-        cache_dir: the cache root (default $KERAS_EGT_CACHE_DIR or ~/.cache/keras_egt).
-        verbose: print the build's progress.
+        manifest: a deploy folder's manifest (dict).
 
     Returns:
-        The cached tree (a Path); the library is `<tree>/gen/.../libtensorflow-microlite.a`.
+        A sorted list, e.g. `["Conv2D", "FullyConnected", "Softmax"]`: what the
+        firmware registers (`EGT_FOR_EACH_TFLM_OP` of egt_manifest.h) and compiles.
 
     Example:
-    >>> tree = tflm_library()  # doctest: +SKIP
+    >>> resolver_methods({"segments": [{"ops": ["CONV_2D", "SOFTMAX"]}]})
+    ['Conv2D', 'Softmax']
     """
+    from keras_egt.export import c_sources
+
+    return sorted({c_sources.tflm_op_method(op) for s in manifest["segments"] for op in s["ops"]})
+
+
+def tflm_library(ops, tflm_dir=None, cache_dir=None, verbose=False):
+    """Builds (once) TFLM for Cortex-M4 with CMSIS-NN: the core and the ops' kernels only.
+
+    See `keras_egt.export.tflm_build.build_library`: TFLM's own compile commands for
+    the objects the ops need, compiled in parallel into the cache with a progress bar;
+    Ctrl-C keeps the finished objects and the next call resumes.
+
+    Args:
+        ops: op resolver methods (`resolver_methods(manifest)`), e.g. `["Conv2D"]`.
+        tflm_dir: the TFLM tree (see `find_tflm`).
+        cache_dir: the cache root (default $KERAS_EGT_CACHE_DIR or ~/.cache/keras_egt).
+        verbose: print the log's path and the progress bar.
+
+    Returns:
+        The build's dict (`library`: the archive's Path, `sources`, `compiled`, `total`,
+        `log`, `seconds`).
+
+    Raises:
+        tflm_build.BuildInterrupted: Ctrl-C or SIGTERM stopped the build.
+
+    Example:
+    >>> build = tflm_library(["Conv2D", "Softmax"])  # doctest: +SKIP
+    >>> build["library"]  # doctest: +SKIP
+    """
+    from keras_egt.export import tflm_build
+
     tools = find_toolchain()
-    source = find_tflm(tflm_dir)
-    root = _cache_root(cache_dir)
-    key = _tree_key(source, tools["gcc"])[:20]
-    tree = root / f"tflm-{key}"
-    if (tree / _LIB).is_file():
-        return tree
-    work = Path(tempfile.mkdtemp(prefix=f".tflm-{key}.tmp-", dir=root))
-    try:
-        build = work / "tflm"
-        shutil.copytree(source, build, symlinks=True,
-                        ignore=shutil.ignore_patterns("gen"))
-        for path in build.rglob("*"):  # the source may be read-only
-            if not path.is_symlink():
-                path.chmod(path.stat().st_mode | 0o200)
-        bin_dir = build / _DOWNLOADS / "gcc_embedded" / "bin"
-        bin_dir.mkdir(parents=True, exist_ok=True)
-        for tool in Path(tools["gcc"]).parent.glob("arm-none-eabi-*"):
-            link = bin_dir / tool.name
-            if not link.exists():
-                link.symlink_to(tool)
-        # The Makefile parses every example's Makefile.inc; one runs Python with numpy
-        # and Pillow: this interpreter's folder goes first on PATH.
-        env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep
-                   + os.environ.get("PATH", ""))
-        command = ["make", "-f", "tensorflow/lite/micro/tools/make/Makefile", *_TARGET,
-                   f"-j{os.cpu_count() or 2}", "microlite"]
-        if verbose:
-            print(f"Building TFLM (CMSIS-NN, Cortex-M4) in {build}; once, about 9 min on "
-                  "2 cores ...", flush=True)
-        started = time.time()
-        with open(work / "build.log", "w") as log:
-            process = subprocess.run(command, cwd=build, env=env, stdout=log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        if process.returncode != 0 or not (build / _LIB).is_file():
-            tail = (work / "build.log").read_text(errors="replace").strip().splitlines()[-15:]
-            raise RuntimeError("building TFLM failed (" + " ".join(command) + "):\n"
-                               + "\n".join(tail))
-        shutil.rmtree(build / _GEN / "obj", ignore_errors=True)  # ~100 MB of objects
-        (build / "keras_egt_build.json").write_text(json.dumps({
-            "source": str(source), "key": key, "command": command,
-            "compiler": _version(tools["gcc"]), "seconds": time.time() - started}, indent=1))
-        try:
-            os.rename(build, tree)
-        except OSError:
-            if not (tree / _LIB).is_file():  # another process finished first, else a real error
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    if verbose:
-        print(f"TFLM library cached in {tree}.", flush=True)
-    return tree
+    return tflm_build.build_library(find_tflm(tflm_dir), ops, _cache_root(cache_dir),
+                                    tools["gcc"], verbose=verbose)
 
 
 # ---------------------------------------------------------------------------------
@@ -316,8 +283,8 @@ def _run(command, cwd, what):
 class _Builder:
     """Compiles the fixed objects once; links images with a given arena and samples."""
 
-    def __init__(self, work, tree, tools, model_in_psram):
-        self.work, self.tree, self.tools = Path(work), Path(tree), tools
+    def __init__(self, work, tree, library, tools, model_in_psram):
+        self.work, self.tree, self.library, self.tools = Path(work), Path(tree), Path(library), tools
         device = self.tree / _DEVICE
         downloads = self.tree / _DOWNLOADS
         self.includes = [
@@ -344,11 +311,17 @@ class _Builder:
               *extra, "-c", str(source), "-o", str(out)], self.work, f"compiling {source}")
         return out
 
-    def image(self, name, arena_bytes, q, probe=False):
+    def image(self, name, arenas, q, probe=False):
+        """Links an image; `arenas`: one shared arena's bytes, or a list (one per segment)."""
         samples = self._cc(_samples_sources(q, self.work))
         harness = self.work / f"egt_harness_{name}.o"
+        if isinstance(arenas, (list, tuple)):
+            layout = [f"-DEGT_FW_ARENA_BYTES={sum(arenas)}", "-DEGT_FW_SHARED_ARENA=0",
+                      "-DEGT_FW_SEGMENT_ARENAS={" + ",".join(map(str, arenas)) + "}"]
+        else:
+            layout = [f"-DEGT_FW_ARENA_BYTES={int(arenas)}", "-DEGT_FW_SHARED_ARENA=1"]
         _run([self.tools["gxx"], *_ARCH, *_DEFINES, *_COMMON, *_CXX, *self.includes,
-              f"-DEGT_FW_ARENA_BYTES={int(arena_bytes)}", f"-DEGT_FW_PROBE={int(probe)}",
+              *layout, f"-DEGT_FW_PROBE={int(probe)}",
               "-c", str(_kit_file("mcu", "egt_harness.cc")), "-o", str(harness)],
              self.work, "compiling the harness")
         elf, map_file = self.work / f"{name}.elf", self.work / f"{name}.map"
@@ -356,7 +329,7 @@ class _Builder:
               f"-T{self.script}", "-Wl,--gc-sections", f"-Wl,-Map={map_file}",
               f"-Wl,--defsym=__STACK_SIZE={STACK_BYTES}",
               str(harness), str(samples), *map(str, self.objects),
-              str(self.tree / _LIB), "-lm", "-o", str(elf)], self.work, "linking the firmware")
+              str(self.library), "-lm", "-o", str(elf)], self.work, "linking the firmware")
         return elf, map_file
 
     def run(self, elf, timeout):
@@ -397,7 +370,9 @@ def _parse(lines, num_segments):
             out[tag].append([int(w) for w in words[1:]])
         elif tag == "calibration":
             out["calibration"] = (int(words[1]), int(words[2]))
-        elif tag in ("overhead", "stack", "heap"):
+        elif tag == "resolver":
+            out["resolver"] = [int(w) for w in words[1:]]
+        elif tag in ("overhead", "stack", "heap", "boot"):
             out[tag] = int(words[1])
         elif tag == "arena":
             out["arena"][int(words[1])] = [int(w) for w in words[2:]]
@@ -421,7 +396,7 @@ _CATEGORY_NAMES = ("model", "tflm", "kit", "harness", "system")
 
 def _category(source):
     name = os.path.basename(source)
-    if "libtensorflow-microlite.a" in source:
+    if "libtensorflow-microlite.a" in source or "libtflm-" in source:
         return "tflm"
     if name == "model_data.o":
         return "model"
@@ -535,7 +510,7 @@ def _load_samples(runner, x):
 
 
 def run_firmware(deploy_dir, x=None, output=None, tflm_dir=None, cache_dir=None,
-                 samples_per_image=None, timeout=None, verbose=False):
+                 samples_per_image=None, timeout=None, arena="per_segment", verbose=False):
     """Builds the cascade as Cortex-M4 firmware, runs it emulated, and checks it bit-exact.
 
     See the module docstring for what is built and how it is measured.
@@ -554,6 +529,11 @@ def run_firmware(deploy_dir, x=None, output=None, tflm_dir=None, cache_dir=None,
         samples_per_image: samples linked into one image (default: as many as the
             emulator's 16 MB PSRAM holds); more run in several images.
         timeout: seconds per emulator run (default: generous, from the model's size).
+        arena: `"per_segment"`: one interpreter per segment, each allocated once at boot
+            in its own arena region (no per-sample set-up; RAM: the sum of the
+            segments' arenas); `"shared"`: one arena of the largest segment's size, an
+            interpreter built and allocated per segment per sample (tflite/README.md,
+            option A).
         verbose: print progress.
 
     Returns:
@@ -578,9 +558,12 @@ def run_firmware(deploy_dir, x=None, output=None, tflm_dir=None, cache_dir=None,
 
     started = time.time()
     deploy_dir = os.fspath(deploy_dir)
+    if arena not in _ARENA_DESIGNS:
+        raise ValueError(f"arena must be one of {list(_ARENA_DESIGNS)}: pass 'per_segment' "
+                         f"(allocated once) or 'shared'. Received: arena={arena!r}")
     # Everything the build needs is checked before any work: a missing piece is one
     # line now, not an error after minutes of compiling.
-    find_tflm(tflm_dir)
+    tflm = find_tflm(tflm_dir)
     tools = find_toolchain()
     for parts in _KIT_FILES:
         _kit_file(*parts)
@@ -594,7 +577,7 @@ def run_firmware(deploy_dir, x=None, output=None, tflm_dir=None, cache_dir=None,
         print(f"TFLM Python interpreter on {n} samples ...", flush=True)
     ref_labels, ref_exits = runner.predict(q)
     ref_all = runner.run_segments(q)  # (segments, n, classes) int8
-    tree = tflm_library(tflm_dir, cache_dir, verbose=verbose)
+    build = tflm_library(resolver_methods(manifest), tflm, cache_dir, verbose=verbose)
 
     model_bytes = sum(s["flash_bytes"] for s in segments)
     model_in_psram = model_bytes > FLASH_BYTES - (1 << 20)  # leave 1 MB for code
@@ -613,7 +596,7 @@ def run_firmware(deploy_dir, x=None, output=None, tflm_dir=None, cache_dir=None,
         for seg in segments:
             shutil.copyfile(os.path.join(deploy_dir, seg["file"]), work / seg["file"])
         c_sources.write_c_sources(work, manifest)
-        builder = _Builder(work, tree, tools, model_in_psram)
+        builder = _Builder(work, tflm, build["library"], tools, model_in_psram)
 
         # 1. The target's arena per segment, in a generous arena.
         host_arena = max(s["arena_bytes"] for s in segments)
@@ -629,20 +612,23 @@ def run_firmware(deploy_dir, x=None, output=None, tflm_dir=None, cache_dir=None,
                     f"{probe_bytes}-byte arena (status {rc}): "
                     + " ".join(probe["tflm_log"][-3:]))
             target_arenas.append(smallest)
-        arena = max(target_arenas)
+        # Regions start 16-aligned, as the probe's arena did (TFLM aligns its start).
+        regions = [-(-a // 16) * 16 for a in target_arenas]
+        layout = regions if arena == "per_segment" else max(target_arenas)
+        arena_bytes = sum(regions) if arena == "per_segment" else max(target_arenas)
         if verbose:
             print(f"Target arena per segment {target_arenas} (host: "
-                  f"{[s['arena_bytes'] for s in segments]}); shared arena {arena} bytes.",
-                  flush=True)
+                  f"{[s['arena_bytes'] for s in segments]}); {_ARENA_DESIGNS[arena]}: "
+                  f"{arena_bytes} bytes.", flush=True)
 
         # 2. The firmware in that shared arena, on every sample.
         records = {"c": [], "f": []}
         stack = heap = 0
-        used = {}
+        used, boot, resolver = {}, 0, []
         sizes = None
         for start in range(0, n, per_image):
             chunk = q[start : start + per_image]
-            elf, map_file = builder.image("firmware", arena, chunk)
+            elf, map_file = builder.image("firmware", layout, chunk)
             if verbose:
                 print(f"Running samples {start}-{start + len(chunk) - 1} under "
                       f"qemu-system-arm -M {QEMU_MACHINE} ...", flush=True)
@@ -654,8 +640,9 @@ def run_firmware(deploy_dir, x=None, output=None, tflm_dir=None, cache_dir=None,
                 records[tag] += parsed[tag]
             stack, heap = max(stack, parsed["stack"]), max(heap, parsed["heap"])
             used.update(parsed["used"])
+            boot, resolver = parsed.get("boot", boot), parsed.get("resolver", resolver)
             if sizes is None:
-                sizes = _sizes(tools, elf, map_file, parsed, arena)
+                sizes = _sizes(tools, elf, map_file, parsed, arena_bytes)
         sizes["ram_split"]["stack"], sizes["ram_split"]["heap"] = stack, heap
         sizes["ram_bytes"] = int(sum(sizes["ram_split"].values()))
 
@@ -695,7 +682,12 @@ def run_firmware(deploy_dir, x=None, output=None, tflm_dir=None, cache_dir=None,
         "final_only_labels": final_labels.tolist(),
         "mismatches": mismatch.tolist()[:50],
         **sizes,
-        "arena_bytes": int(arena),
+        "arena_design": arena,
+        "arena_bytes": int(arena_bytes),
+        "arena_bytes_shared_design": int(max(target_arenas)),
+        "arena_bytes_per_segment_design": int(sum(regions)),
+        "resolver_builtin_codes": resolver,
+        "boot_setup_instructions": int(round(float(_instructions(boot, 1, overhead)))) if boot else 0,
         "arena_bytes_per_segment_target": target_arenas,
         "arena_bytes_per_segment_host": [int(s["arena_bytes"]) for s in segments],
         "arena_used_bytes_per_segment": [int(used.get(k, 0)) for k in range(1, num_segments + 1)],
@@ -721,11 +713,15 @@ def run_firmware(deploy_dir, x=None, output=None, tflm_dir=None, cache_dir=None,
                      f"{1e9 / SYSTICK_HZ:g} / {2 ** ICOUNT_SHIFT}",
             "calibration_error_instructions": probe["calibration_error"],
             "timer_overhead_ticks": overhead,
-            "setup": "per segment: GetModel, MicroInterpreter in the shared arena, "
-                     "AllocateTensors, input and output copies (option A of tflite/README.md)",
+            "setup": _ARENA_DESIGNS[arena] + "; per segment per sample: " + (
+                "input and output copies" if arena == "per_segment" else
+                "GetModel, MicroInterpreter, AllocateTensors, input and output copies"),
         },
         "toolchain": {"gcc": _version(tools["gcc"]), "qemu": _version(tools["qemu"]),
-                      "tflm": str(tree)},
+                      "tflm": str(tflm)},
+        "tflm_library": {"path": str(build["library"]), "objects": build["total"],
+                         "compiled_now": build["compiled"], "seconds": build["seconds"],
+                         "log": str(build["log"])},
         "seconds": time.time() - started,
     }
     if output is not False:
@@ -761,11 +757,14 @@ def format_firmware_report(report):
         f"{kib(fs['harness'])}, C library + startup {kib(fs['system'])}"
         + ("" if report["model_region"] == "flash" else f"; model in {report['model_region']}"),
         f"- RAM {report['ram_bytes']:,} bytes ({kib(report['ram_bytes'])}): arena "
-        f"{kib(rs['arena'])} (shared; per segment on target "
+        f"{kib(rs['arena'])} ({report['arena_design'].replace('_', ' ')}; a shared arena: "
+        f"{kib(report['arena_bytes_shared_design'])}; per segment on target "
         f"{report['arena_bytes_per_segment_target']}, host {report['arena_bytes_per_segment_host']}), "
         f"stack peak {kib(rs['stack'])}, heap {kib(rs['heap'])}, other data+bss "
         f"{kib(sum(v for k, v in rs.items() if k not in ('arena', 'stack', 'heap')))}",
-        "- instructions per segment: " + ", ".join(f"{v:,}" for v in report["instructions_per_segment"]),
+        "- instructions per segment: " + ", ".join(f"{v:,}" for v in report["instructions_per_segment"])
+        + " (set-up and copies: " + ", ".join(f"{v:,}" for v in report["setup_instructions_per_segment"])
+        + f"; once at boot: {report['boot_setup_instructions']:,})",
         f"- per sample: {report['instructions_with_early_exit']:,} with early exit, "
         f"{report['instructions_final_only']:,} straight through (final exit only): speedup "
         f"{report['speedup']:.2f}x",

@@ -4,14 +4,18 @@
  * Part of keras-egt (Apache-2.0). `keras_egt.export.firmware.run_firmware` (CLI:
  * `keras-egt firmware DEPLOY_DIR`) compiles it with TFLM + CMSIS-NN for the MPS2 AN386
  * board, runs it under `qemu-system-arm -icount`, and parses what it prints. It is also a
- * worked example of egt_cascade.h (beside it in the kit) with TFLM (tflite/README.md, section 7, option A:
- * one shared arena, one interpreter at a time).
+ * worked example of egt_cascade.h (beside it in the kit) with TFLM (tflite/README.md, sections 4, 7):
+ * `keras-egt firmware` builds option C: one interpreter per segment, allocated once at boot in its own arena
+ * region, so a sample pays no set-up; EGT_FW_SHARED_ARENA=1 builds option A (one
+ * shared arena, an interpreter built and allocated per segment per sample).
  *
  * Inputs (compile-time):
  *   egt_manifest.h, model_data.h/.c   the export (keras_egt.export.c_sources)
  *   egt_samples.h/.c                  EGT_NUM_SAMPLES int8 inputs, quantized on the host
  *                                     with segment 1's input parameters
- *   EGT_FW_ARENA_BYTES                the shared arena
+ *   EGT_FW_ARENA_BYTES                the arena (all regions together)
+ *   EGT_FW_SHARED_ARENA               1: option A (see above); 0: per-segment regions of
+ *                                     EGT_FW_SEGMENT_ARENAS ({bytes, ...}, 16-byte multiples)
  *   EGT_FW_PROBE                      1: only find each segment's smallest arena (bisection
  *                                     of AllocateTensors in the shared arena) and stop
  *
@@ -25,6 +29,8 @@
  *   egt-harness 1
  *   calibration <instructions> <ticks>    a subs/bne loop of known length
  *   overhead <ticks>                      one empty measurement (subtracted on the host)
+ *   resolver <code> ...                   the builtin operator codes the op resolver finds
+ *   boot <ticks>                          (per-segment regions) allocating every interpreter
  *   arena <k> <bytes> <used> <rc>         (probe) smallest arena for segment k, its
  *                                         arena_used_bytes(), and the status of a run in it
  *   used <k> <arena_used_bytes>           (run) after AllocateTensors, first sample
@@ -40,6 +46,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 
 #include "ARMCM4.h"
 #include "tensorflow/lite/micro/cortex_m_generic/debug_log_callback.h"
@@ -57,6 +64,12 @@
 #endif
 #ifndef EGT_FW_PROBE
 #define EGT_FW_PROBE 0
+#endif
+#ifndef EGT_FW_SHARED_ARENA
+#define EGT_FW_SHARED_ARENA 1
+#endif
+#if !EGT_FW_SHARED_ARENA && !defined(EGT_FW_SEGMENT_ARENAS)
+#error "define EGT_FW_SEGMENT_ARENAS ({bytes, ...}, one region per segment)"
 #endif
 
 namespace {
@@ -82,6 +95,14 @@ size_t g_arena_bytes = EGT_FW_ARENA_BYTES;
 uint32_t g_setup_ticks[EGT_NUM_SEGMENTS];
 uint32_t g_invoke_ticks[EGT_NUM_SEGMENTS];
 size_t g_used[EGT_NUM_SEGMENTS];
+
+#if !EGT_FW_SHARED_ARENA
+const size_t g_region_bytes[EGT_NUM_SEGMENTS] = EGT_FW_SEGMENT_ARENAS;
+// The interpreters live for the whole run: constructed in place at boot, never destroyed.
+alignas(tflite::MicroInterpreter) uint8_t
+    g_interpreter_storage[EGT_NUM_SEGMENTS][sizeof(tflite::MicroInterpreter)];
+tflite::MicroInterpreter* g_interpreters[EGT_NUM_SEGMENTS];
+#endif
 
 void Log(const char* s) {
   if (!g_quiet) std::printf("tflm: %s", s);
@@ -115,17 +136,10 @@ bool RegisterOps() {
   return true;
 }
 
-// egt_invoke_fn: option A of tflite/README.md. Outputs are copied out of the arena
-// before the interpreter (and its use of the arena) ends.
-int InvokeSegment(void* /*ctx*/, int segment, const int8_t* input, int8_t* probs,
-                  int8_t* features) {
-  const int k = segment - 1;
-  const uint64_t start = Now();
-  const tflite::Model* model = tflite::GetModel(g_egt_segments[k]);
-  if (model->version() != TFLITE_SCHEMA_VERSION) return 1;
-  tflite::MicroInterpreter interpreter(model, g_resolver, g_arena, g_arena_bytes);
-  if (interpreter.AllocateTensors() != kTfLiteOk) return 2;
-  g_used[k] = interpreter.arena_used_bytes();
+// Copies the input in, runs, copies the outputs out (before the arena is reused), and
+// records the set-up + copy ticks (from `start`) and the Invoke ticks.
+int RunInterpreter(tflite::MicroInterpreter& interpreter, int k, const int8_t* input,
+                   int8_t* probs, int8_t* features, uint64_t start) {
   TfLiteTensor* in = interpreter.input(0);
   if (in->type != kTfLiteInt8 || in->bytes > kBufferBytes) return 3;
   std::memcpy(in->data.int8, input, in->bytes);
@@ -145,6 +159,44 @@ int InvokeSegment(void* /*ctx*/, int segment, const int8_t* input, int8_t* probs
   g_setup_ticks[k] = static_cast<uint32_t>((ready - start) + (end - invoked));
   return 0;
 }
+
+// egt_invoke_fn of option A: an interpreter in the shared arena, per segment per sample.
+int InvokeShared(void* /*ctx*/, int segment, const int8_t* input, int8_t* probs,
+                 int8_t* features) {
+  const int k = segment - 1;
+  const uint64_t start = Now();
+  const tflite::Model* model = tflite::GetModel(g_egt_segments[k]);
+  if (model->version() != TFLITE_SCHEMA_VERSION) return 1;
+  tflite::MicroInterpreter interpreter(model, g_resolver, g_arena, g_arena_bytes);
+  if (interpreter.AllocateTensors() != kTfLiteOk) return 2;
+  g_used[k] = interpreter.arena_used_bytes();
+  return RunInterpreter(interpreter, k, input, probs, features, start);
+}
+
+#if !EGT_FW_SHARED_ARENA
+// Once at boot: segment k's interpreter in its own region, allocated for good.
+int AllocateInterpreters() {
+  size_t offset = 0;
+  for (int k = 0; k < EGT_NUM_SEGMENTS; ++k) {
+    const tflite::Model* model = tflite::GetModel(g_egt_segments[k]);
+    if (model->version() != TFLITE_SCHEMA_VERSION) return 1;
+    if (offset + g_region_bytes[k] > EGT_FW_ARENA_BYTES) return 2;
+    g_interpreters[k] = new (g_interpreter_storage[k])
+        tflite::MicroInterpreter(model, g_resolver, g_arena + offset, g_region_bytes[k]);
+    if (g_interpreters[k]->AllocateTensors() != kTfLiteOk) return 2;
+    g_used[k] = g_interpreters[k]->arena_used_bytes();
+    offset += g_region_bytes[k];
+  }
+  return 0;
+}
+
+// egt_invoke_fn of the per-segment design: only the copies around Invoke.
+int InvokeAllocated(void* /*ctx*/, int segment, const int8_t* input, int8_t* probs,
+                    int8_t* features) {
+  const int k = segment - 1;
+  return RunInterpreter(*g_interpreters[k], k, input, probs, features, Now());
+}
+#endif
 
 bool Allocates(int k, size_t bytes) {
   tflite::MicroInterpreter interpreter(tflite::GetModel(g_egt_segments[k]), g_resolver,
@@ -171,7 +223,7 @@ int Probe() {
     // Verify: the segment runs in exactly that arena.
     g_arena_bytes = high;
     std::memset(g_buffer_b, EGT_INPUT_ZERO_POINT, kBufferBytes);
-    int rc = InvokeSegment(nullptr, k + 1, g_buffer_b, g_probs,
+    int rc = InvokeShared(nullptr, k + 1, g_buffer_b, g_probs,
                            k + 1 < EGT_NUM_SEGMENTS ? g_buffer_a : nullptr);
     g_arena_bytes = EGT_FW_ARENA_BYTES;
     std::printf("arena %d %lu %lu %d\n", k + 1, static_cast<unsigned long>(high),
@@ -245,14 +297,36 @@ int main(void) {
     std::printf("error ops\n");
     return 1;
   }
+  std::printf("resolver");
+  for (int op = tflite::BuiltinOperator_MIN; op <= tflite::BuiltinOperator_MAX; ++op) {
+    if (g_resolver.FindOp(static_cast<tflite::BuiltinOperator>(op)) != nullptr) {
+      std::printf(" %d", op);
+    }
+  }
+  std::printf("\n");
   if (EGT_FW_PROBE) {
     Probe();
     std::printf("done\n");
     return 0;
   }
+#if EGT_FW_SHARED_ARENA
+  egt_invoke_fn invoke = InvokeShared;
+#else
+  egt_invoke_fn invoke = InvokeAllocated;
+  {
+    const uint64_t start = Now();
+    const int rc = AllocateInterpreters();
+    const uint64_t end = Now();
+    if (rc != 0) {
+      std::printf("error allocate %d\n", rc);
+      return 1;
+    }
+    std::printf("boot %lu\n", static_cast<unsigned long>(end - start));
+  }
+#endif
   for (int k = 0; k < EGT_NUM_SEGMENTS; ++k) g_never[k] = EGT_NEVER_EXIT;
   egt_cascade_t cascade = {EGT_NUM_SEGMENTS, EGT_NUM_CLASSES, g_thresholds,
-                           {g_buffer_a, g_buffer_b}, InvokeSegment, nullptr};
+                           {g_buffer_a, g_buffer_b}, invoke, nullptr};
   egt_cascade_t straight = cascade;
   straight.thresholds_int8 = g_never;
   for (int i = 0; i < EGT_NUM_SAMPLES; ++i) {
