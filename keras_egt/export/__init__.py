@@ -32,6 +32,7 @@ _NAMES = {
     "FirmwareMismatchError": "firmware",
     "run_firmware": "firmware",
     "tflm_library": "firmware",
+    "resolver_methods": "firmware",
     "FinalOnly": "final_only",
     "export_final_only": "final_only",
     "tflm_time_per_sample": "final_only",
