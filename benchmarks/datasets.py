@@ -21,9 +21,8 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 import _common
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "datasets.json")

@@ -35,7 +35,6 @@ import time
 
 import _common
 
-
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -167,7 +166,8 @@ def _timing(deploy, model, calibration, x, samples):
     from tflite_micro.python.tflite_micro import runtime as tflm
 
     from keras_egt import costs, export
-    from keras_egt.export import convert, runtime as rt
+    from keras_egt.export import convert
+    from keras_egt.export import runtime as rt
 
     runner = export.load_cascade(deploy, runtime="tflm")
     final = _FinalOnly.build(model)

@@ -49,11 +49,11 @@ NRF52840_FLASH, NRF52840_RAM = 1024 * KIB, 256 * KIB
 
 
 def run_preset(preset, args, data, work):
+    import deploy as deploy_bench  # benchmarks/deploy.py: the same training recipe
     import numpy as np
 
     from keras_egt import export
     from keras_egt.export import firmware
-    import deploy as deploy_bench  # benchmarks/deploy.py: the same training recipe
 
     (x_train, y_train), (x_test, y_test) = data
     model_path = getattr(args, f"model_{preset}")

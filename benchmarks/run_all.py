@@ -645,8 +645,9 @@ def _section_mcu_design(lines):
     lines.append("")
 
 
-def write_report(path=os.path.join(HERE, "RESULTS.md")):
-    """Writes RESULTS.md from benchmarks/results/*.json."""
+def write_report(path=None):
+    """Writes RESULTS.md (default: beside this file) from benchmarks/results/*.json."""
+    path = os.path.join(HERE, "RESULTS.md") if path is None else path
     lines = [
         "# keras-egt benchmark results",
         "",

@@ -65,7 +65,8 @@ def _unsplit(model, all_heads):
 def _interpreter(model, calibration, name):
     from tflite_micro.python.tflite_micro import runtime as tflm
 
-    from keras_egt.export import convert, runtime as rt
+    from keras_egt.export import convert
+    from keras_egt.export import runtime as rt
 
     data = convert.convert_segment(model, calibration, name=name)
     info = convert.inspect_tflite(data)

@@ -35,10 +35,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_egt import atomic
+from keras_egt import atomic, costs, metrics
 from keras_egt import cascade as egt_cascade
-from keras_egt import costs
-from keras_egt import metrics
 from keras_egt.checks import check_finite_outputs, check_labels
 
 __all__ = ["Report", "compare_markdown", "evaluate", "time_per_sample"]

@@ -58,8 +58,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_egt import losses
-from keras_egt import metrics
+from keras_egt import losses, metrics
 from keras_egt.checks import check_inputs, check_labels
 
 __all__ = ["ExplanationQuality", "explanation_quality", "reinitialised_copy", "spearman"]

@@ -126,7 +126,7 @@ def attention_grid(model, x, path, y=None, class_names=None, channel=0):
             title = f"pred {name(predictions[k][i])}"
             if k < model.num_exits - 1:
                 title += f", cos {scores[k, i]:.2f}"
-            ax.set_title(("Exit %d\n" % (k + 1) if i == 0 else "") + title, fontsize=7)
+            ax.set_title((f"Exit {k + 1}\n" if i == 0 else "") + title, fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
 

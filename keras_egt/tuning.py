@@ -37,8 +37,8 @@ from keras_egt import cascade as egt_cascade
 from keras_egt import metrics as egt_metrics
 from keras_egt import recipe
 from keras_egt.cnn import NUM_BLOCKS, EarlyExitCNN, resolve_widths
-from keras_egt.model import EarlyExitModel
 from keras_egt.losses import check_consistency_options
+from keras_egt.model import EarlyExitModel
 
 __all__ = [
     "DEFAULT_LAMBDAS",

@@ -12,7 +12,6 @@ import shutil
 import tempfile
 
 import keras
-import numpy as np
 
 import keras_egt as egt
 from conftest import blob_task
@@ -72,7 +71,7 @@ def build(name, consistency_weight=0.3, **kwargs):
     raise ValueError(name)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def data():
     x, y = blob_task(n=448, size=IMAGE_SHAPE[0], channels=IMAGE_SHAPE[2],
                      num_classes=NUM_CLASSES, seed=3)
@@ -80,7 +79,7 @@ def data():
             "x_test": x[256:], "y_test": y[256:]}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def trained(name):
     """`(model, history)` of case `name`, trained with λ = 0.3 on plain labels."""
     keras.utils.set_random_seed(7)
@@ -101,7 +100,7 @@ def _clean():
         shutil.rmtree(path, ignore_errors=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def deployed(name, threshold=0.9):
     """The int8 export of `trained(name)` (TensorFlow backend): its folder and manifest."""
     model, _ = trained(name)

@@ -2,8 +2,8 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import blob_task
 import keras_egt as egt
+from conftest import blob_task
 from test_case import tiny_cnn
 
 

@@ -11,8 +11,7 @@ import json
 
 import keras
 import numpy as np
-from keras import ops
-from keras import tree
+from keras import ops, tree
 
 import keras_egt as egt
 

@@ -404,7 +404,6 @@ def mounted(tmp_path):
         return folder
 
     yield mount
-    import subprocess
 
     for folder in made:
         subprocess.run(["umount", "-l", str(folder)], check=False)

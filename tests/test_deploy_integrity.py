@@ -21,8 +21,8 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import BACKEND, blob_task
 import keras_egt as egt
+from conftest import BACKEND, blob_task
 from keras_egt import export
 from keras_egt.export import manifest as mf
 
@@ -182,7 +182,7 @@ def test_a_relative_folder_loads_after_the_working_directory_changes(deployed, t
         where = tmp_path / name
         where.mkdir()
         folder = _copy(deployed, where)
-        _edit(folder, lambda m: [s.update(arena_bytes=s["arena_bytes"] + 64 + 16 * offset)
+        _edit(folder, lambda m, offset=offset: [s.update(arena_bytes=s["arena_bytes"] + 64 + 16 * offset)
                                  for s in m["segments"]], reseal=True)
         monkeypatch.chdir(where)
         labels, exits = export.load_cascade("deploy", runtime="tflm").predict(deployed["x"][:8])

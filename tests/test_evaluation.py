@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 import references as ref
-
 from conftest import blob_task
 from keras_egt import costs, evaluation, metrics
 from test_case import SMALL, tiny_cnn, to_numpy

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from keras import ops
 
-import references as ref
 import keras_egt as egt
+import references as ref
 from keras_egt import explanations, metrics
 
 SIZE = 8

@@ -19,8 +19,8 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import BACKEND, blob_task
 import keras_egt as egt
+from conftest import BACKEND, blob_task
 from keras_egt import export
 from keras_egt.export import convert
 from keras_egt.export import runtime as rt

@@ -12,8 +12,8 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import blob_task
 import keras_egt as egt
+from conftest import blob_task
 from keras_egt.checks import NonFiniteError
 from keras_egt.export import convert, exporter
 

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import blob_task
 import keras_egt as egt
+from conftest import blob_task
 from keras_egt import export
 from keras_egt.export import runtime as rt
 

@@ -1,11 +1,10 @@
-import keras
 import numpy as np
 import pytest
 from keras import ops
 
 import references as ref
-from test_case import run_layer_test, to_numpy
 from keras_egt import layers
+from test_case import run_layer_test, to_numpy
 
 
 def test_spatial_softmax_matches_numpy():

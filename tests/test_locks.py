@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import BACKEND, blob_task
 import keras_egt as egt
+from conftest import BACKEND, blob_task
 from keras_egt import locks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

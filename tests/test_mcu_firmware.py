@@ -59,7 +59,8 @@ def _with_thresholds(folder, out, thresholds_int8):
     """A copy of a deploy folder whose exits fire at the given int8 thresholds."""
     import math
 
-    from keras_egt.export import c_sources, manifest as manifest_lib, runtime
+    from keras_egt.export import c_sources, runtime
+    from keras_egt.export import manifest as manifest_lib
 
     shutil.copytree(folder, out)
     manifest = json.loads((out / "manifest.json").read_text())

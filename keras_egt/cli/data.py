@@ -7,7 +7,6 @@ writes one example per class and channel as a PNG.
 """
 
 import argparse
-import os
 import sys
 
 from keras_egt import atomic

@@ -375,7 +375,8 @@ def _final_only_labels(final_only, x):
     import keras
     import numpy as np
 
-    from keras_egt.export import _deps, runtime as rt
+    from keras_egt.export import _deps
+    from keras_egt.export import runtime as rt
 
     tflm = _deps.require("tflite_micro.python.tflite_micro.runtime", "the TFLM runtime")
     with open(final_only["path"], "rb") as f:

@@ -86,7 +86,6 @@ def evaluate_command(args):
     common.check_compatible(model, x, f"{args.data} ({args.split})")
 
     from keras_egt import evaluation
-
     from keras_egt.cli.export import parse_thresholds
 
     threshold = parse_thresholds(args.threshold or [0.9], model)

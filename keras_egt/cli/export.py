@@ -98,7 +98,6 @@ def export_command(args):
     import keras
 
     from keras_egt import export
-
     from keras_egt.export import exporter
 
     if args.qat_epochs < 1 or args.qat_learning_rate <= 0:

@@ -41,8 +41,12 @@ def _floats(text, option):
 
 def register(subparsers):
     """Adds the `tune` command to `subparsers`."""
-    from keras_egt.tuning_options import (DEFAULT_ACCURACY_FLOOR, DEFAULT_ARCH_LAMBDAS,
-                                          DEFAULT_LAMBDAS, OBJECTIVES)
+    from keras_egt.tuning_options import (
+        DEFAULT_ACCURACY_FLOOR,
+        DEFAULT_ARCH_LAMBDAS,
+        DEFAULT_LAMBDAS,
+        OBJECTIVES,
+    )
 
     parser = subparsers.add_parser(
         "tune", help="KerasTuner search of λ (Table I per trial, Pareto front, best model), "
@@ -202,8 +206,11 @@ def _check_args(args):
             raise CLIError(f"--{option.replace('_', '-')} {path} is a file, not a folder; "
                            "name a folder (it is created if missing).")
     common.check_radar_counts(args)
-    from keras_egt.tuning_options import (DEFAULT_ACCURACY_FLOOR, DEFAULT_ARCH_LAMBDAS,
-                                          DEFAULT_LAMBDAS)
+    from keras_egt.tuning_options import (
+        DEFAULT_ACCURACY_FLOOR,
+        DEFAULT_ARCH_LAMBDAS,
+        DEFAULT_LAMBDAS,
+    )
 
     if _budgeted(args):
         if args.widths is not None:

@@ -2,3 +2,5 @@
 
 from keras_egt.datasets import radar_gestures
 from keras_egt.datasets.loaders import load_folder, load_npz
+
+__all__ = ["load_folder", "load_npz", "radar_gestures"]

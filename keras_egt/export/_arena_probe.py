@@ -64,7 +64,7 @@ def main(path, sha256, zero_point, shape, low, high, recorded):
     if recorded <= 0:
         size = max(1 << 20, 16 * len(model))
         while True:
-            result, text = quiet(lambda: run(size, record=True))
+            result, text = quiet(lambda size=size: run(size, record=True))
             if result is True:
                 break
             if size >= 1 << 30:
@@ -144,7 +144,7 @@ def check(job):
     for item in json.loads(job):
         say("try", item["index"])
 
-        def run():
+        def run(item=item):
             model = verified_bytes(item["path"], item["sha256"])
             sample = np.full(tuple(item["shape"]), item["zero_point"], np.int8)
             interpreter = tflm.Interpreter.from_bytes(model, arena_size=int(item["arena"]))

@@ -113,7 +113,7 @@ def format_c_float(value):
     if not math.isfinite(value):
         raise ValueError(f"cannot write a non-finite float ({value}) as a C constant.")
     # Round to float32 first (the TFLite scale is a float32); 9 digits read back exactly.
-    text = "%.9g" % struct.unpack("f", struct.pack("f", value))[0]
+    text = f'{struct.unpack("f", struct.pack("f", value))[0]:.9g}'
     if not any(c in text for c in ".e"):
         text += ".0"
     return text + "f"
@@ -398,7 +398,7 @@ def _manifest_h(manifest, segments):
     out += [
         "",
         f"/* TFLM ops used by the segments ({len(ops)}): {', '.join(ops)}.",
-        f" * tflite::MicroMutableOpResolver<EGT_NUM_TFLM_OPS> resolver;",
+        " * tflite::MicroMutableOpResolver<EGT_NUM_TFLM_OPS> resolver;",
         " * #define EGT_ADD_OP(name) if (resolver.Add##name() != kTfLiteOk) return false;",
         " * EGT_FOR_EACH_TFLM_OP(EGT_ADD_OP) */",
         f"#define EGT_NUM_TFLM_OPS {len(ops)}",

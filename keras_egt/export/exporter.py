@@ -389,8 +389,7 @@ def export_cascade(model, out_dir, representative_data, threshold=0.9, class_nam
                  class_names=None if class_names is None else [str(c) for c in class_names],
                  verbose=verbose, metadata=metadata),
         )
-    from keras_egt.export import c_sources
-    from keras_egt.export import _deps
+    from keras_egt.export import _deps, c_sources
 
     _deps.tensorflow()
     from keras_egt.locks import writer_lock

@@ -75,7 +75,8 @@ def export_final_only(model, representative_data, path):
         return run_in_tensorflow("export_final_only", model,
                                  {"representative_data": representative_data}, {"path": path})
     from keras_egt.atomic import atomic_output
-    from keras_egt.export import convert, runtime as rt
+    from keras_egt.export import convert
+    from keras_egt.export import runtime as rt
 
     data = convert.convert_segment(FinalOnly(model), np.asarray(representative_data, np.float32),
                                    name="final-only model")
