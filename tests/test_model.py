@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 from keras import ops
 
+import keras_egt as egt
 import references as ref
 from conftest import BACKEND, blob_task
-import keras_egt as egt
 from test_case import TINY, run_model_saving_test, tiny_cnn
-
 
 
 def _tiny(consistency_weight=0.3, **kwargs):
