@@ -6,6 +6,11 @@ int8 segments and the RAM that holds the largest segment's TFLM arena.
 family (`MCUSearchSpace`: candidate blocks per stage, and the exit heads' attention
 width) besides λ, and which turns the budget and an accuracy floor into the search:
 
+* an architecture far beyond any microcontroller (`stages='c100000 | c8'`, a typo
+  that would end in an out-of-memory error after minutes) is refused when the
+  hypermodel is made, in one line naming its figures (`keras_egt.budget.
+  check_architecture`, applied to every candidate), and a trial whose combination
+  of candidates goes past the same limits is rejected untrained as below.
 * `fit` estimates the trial's int8 flash and arena (`keras_egt.budget`) from the
   model `build` made and rejects it, before any training, with
   `keras_tuner.errors.FailedTrialError` when either is over its budget. (Not in
@@ -33,9 +38,7 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-from keras_egt import budget
-from keras_egt import evaluation
-from keras_egt import tuning
+from keras_egt import budget, evaluation, tuning
 from keras_egt.mcu import EarlyExitMCU, mcu_backbone, resolve_stages
 from keras_egt.tuning_options import DEFAULT_ACCURACY_FLOOR, DEFAULT_ARCH_LAMBDAS
 
@@ -149,7 +152,12 @@ class MCUSearchSpace:
         return math.prod(len(s) for s in self.stages) * len(self.attention_hidden_channels)
 
     def check_input_shape(self, input_shape):
-        """Raises `ValueError` unless every architecture's poolings fit `input_shape`."""
+        """Raises `ValueError` unless every architecture's poolings fit `input_shape`.
+
+        Also refuses, before any model is built, a candidate whose architecture is
+        far beyond any microcontroller (`keras_egt.budget.check_architecture`, with
+        the other stages at their first candidates), such as `'c100000'`.
+        """
         pools = sum(max(_pools(c) for c in options) for options in self.stages)
         if min(int(d) for d in tuple(input_shape)[:2]) < 2**pools:
             deepest = " | ".join(max(options, key=_pools) for options in self.stages)
@@ -158,6 +166,11 @@ class MCUSearchSpace:
                 f"deepest architecture ({deepest}) pools {pools} times and needs height "
                 f"and width >= {2**pools}. Drop a 'p' from a candidate or resize the inputs."
             )
+        firsts = [options[0] for options in self.stages]
+        for k, options in enumerate(self.stages):
+            for text in options:
+                budget.check_architecture(" | ".join(firsts[:k] + [text] + firsts[k + 1:]),
+                                          input_shape)
 
     def declare(self, hp):
         """Registers (or reads) the architecture hyperparameters on `hp`.
@@ -361,8 +374,10 @@ class BudgetedHyperModel(tuning.EGTHyperModel):
             The `keras_egt.budget.estimate_deployment` dict.
         """
         try:
+            # The exact combination, which the space's per-candidate check does not see.
+            budget.check_architecture(self.space.declare(hp)["stages"], self.input_shape)
             return budget.check_budget(model, self.flash_budget, self.arena_budget)
-        except budget.BudgetExceeded as error:
+        except (budget.ArchitectureTooLarge, budget.BudgetExceeded) as error:
             architecture = self.space.declare(hp)
             raise _OverBudget(
                 f"Trial {_REJECTED} ({architecture['stages']}, attention_hidden_channels "

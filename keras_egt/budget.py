@@ -32,7 +32,8 @@ import numpy as np
 from keras import layers as keras_layers
 from keras import ops
 
-__all__ = ["BudgetExceeded", "check_budget", "estimate_deployment", "parse_bytes"]
+__all__ = ["ArchitectureTooLarge", "BudgetExceeded", "architecture_figures",
+           "check_architecture", "check_budget", "estimate_deployment", "parse_bytes"]
 
 _BASE = 244
 _PER_OUTPUT = 64
@@ -52,6 +53,25 @@ _WEIGHTED = (keras_layers.Conv2D, keras_layers.DepthwiseConv2D, keras_layers.Den
 
 class BudgetExceeded(ValueError):
     """An architecture whose estimated int8 flash or TFLM arena is over the budget."""
+
+
+class ArchitectureTooLarge(ValueError):
+    """An architecture string far beyond any microcontroller, refused before it is built."""
+
+
+# Sanity limits of `check_architecture`, far beyond any microcontroller: the largest
+# hold a few MiB of flash and one or two MiB of SRAM, and a Cortex-M7 at 480 MHz runs
+# about 1 G int8 MACs a second. Float32 training keeps every layer's output for a
+# whole batch (4 bytes, conv, batch norm and ReLU apart, times the batch), so the
+# activation limit also keeps training within a host's memory: past it, a TF OOM
+# after minutes of building and tracing is what the user would get instead.
+MAX_PARAMETERS = 64 * 2**20
+MAX_ACTIVATION_BYTES = 16 * 2**20
+MAX_MACS = 10**10
+# What the host message quotes: float32 bytes per int8 activation byte kept in
+# training (conv, batch norm and ReLU outputs, 4 bytes each) at the default batch.
+_TRAINING_BYTES = 3 * 4
+_TRAINING_BATCH = 32
 
 
 def parse_bytes(text):
@@ -232,6 +252,109 @@ def estimate_deployment(model):
         arena.append(segment.arena())
     return {"flash_bytes": flash, "arena_bytes": arena, "total_flash_bytes": int(sum(flash)),
             "max_arena_bytes": int(max(arena))}
+
+
+def _block_figures(block, shape):
+    """`(parameters, macs, activation elements, output shape)` of one MCU block.
+
+    As `keras_egt.mcu.mcu_backbone` builds it: `c<f>` a 3x3 conv without bias, `s<f>`
+    a 3x3 depthwise conv then a 1x1 conv, each conv followed by batch norm (4
+    values per channel) and ReLU (fused in int8, not counted), `p` a 2x2 max pool.
+    """
+    h, w, c = shape
+    filters = int(block[1:].rstrip("p"))
+    if block[0] == "c":
+        parameters, macs = 9 * c * filters + 4 * filters, h * w * 9 * c * filters
+        elements = h * w * filters
+    else:
+        parameters = 9 * c + 4 * c + c * filters + 4 * filters
+        macs = h * w * 9 * c + h * w * c * filters
+        elements = h * w * c + h * w * filters
+    if block.endswith("p"):
+        h, w = h // 2, w // 2
+        elements += h * w * filters
+    return parameters, macs, elements, (h, w, filters)
+
+
+def architecture_figures(stages, input_shape):
+    """Parameters, MACs and int8 activation bytes of an MCU architecture, without building it.
+
+    Counts the backbone (`keras_egt.mcu`'s blocks) from the block strings alone, so
+    an absurd architecture is refused in microseconds rather than after a model
+    build that may not fit in memory. The exit heads are not counted.
+
+    Args:
+        stages: an `EarlyExitMCU` stages argument (`"c8p s16p | c64"`, a preset name
+            or nested lists; see `keras_egt.mcu.resolve_stages`).
+        input_shape: `(height, width, channels)`.
+
+    Returns:
+        A dict: `architecture` (the block string), `parameters`, `macs` (per
+        sample) and `activation_bytes` (every layer's int8 output per sample, the
+        image included).
+
+    Example:
+    >>> architecture_figures("c8p | c16", (32, 32, 2))["parameters"]
+    1392
+    """
+    from keras_egt.mcu import resolve_stages  # keras_egt.mcu builds models: lazily
+
+    stages = resolve_stages(stages)
+    shape = tuple(int(d) for d in input_shape)
+    parameters, macs, elements = 0, 0, math.prod(shape)
+    for stage in stages:
+        for block in stage:
+            block_parameters, block_macs, block_elements, shape = _block_figures(block, shape)
+            parameters, macs = parameters + block_parameters, macs + block_macs
+            elements += block_elements
+    return {"architecture": " | ".join(" ".join(stage) for stage in stages),
+            "parameters": parameters, "macs": macs, "activation_bytes": elements}
+
+
+def _mib(nbytes):
+    return f"{nbytes / 2**20:,.1f} MiB"
+
+
+def check_architecture(stages, input_shape):
+    """Raises `ArchitectureTooLarge` for an MCU architecture far beyond any microcontroller.
+
+    The limits (`MAX_PARAMETERS`, `MAX_ACTIVATION_BYTES` of int8 activations per
+    sample, `MAX_MACS` per sample) are far above any microcontroller's flash, RAM
+    and speed, so only a typo such as `'c100000 | c8'` trips them; without this
+    check such a model fails minutes later with an out-of-memory error in training.
+    Budgets are `check_budget`'s business.
+
+    Args:
+        stages: an `EarlyExitMCU` stages argument.
+        input_shape: `(height, width, channels)`.
+
+    Returns:
+        The `architecture_figures` dict.
+
+    Example:
+    >>> check_architecture("c100000 | c8", (64, 64, 2))   # ArchitectureTooLarge
+    """
+    figures = architecture_figures(stages, input_shape)
+    over = []
+    if figures["activation_bytes"] > MAX_ACTIVATION_BYTES:
+        training = figures["activation_bytes"] * _TRAINING_BYTES * _TRAINING_BATCH
+        over.append(
+            f"{_mib(figures['activation_bytes'])} of int8 activations per sample (float32 "
+            f"training at batch {_TRAINING_BATCH} would need about {training / 2**30:,.0f} "
+            f"GiB), over the limit of {_mib(MAX_ACTIVATION_BYTES)}")
+    if figures["parameters"] > MAX_PARAMETERS:
+        over.append(f"{figures['parameters']:,} parameters, over the limit of "
+                    f"{MAX_PARAMETERS:,} ({_mib(MAX_PARAMETERS)} of int8 flash)")
+    if figures["macs"] > MAX_MACS:
+        over.append(f"{figures['macs']:,} MACs per sample, over the limit of {MAX_MACS:,}")
+    if over:
+        raise ArchitectureTooLarge(
+            f"Architecture '{figures['architecture']}' on {tuple(input_shape)} inputs is far "
+            f"beyond any microcontroller: {'; '.join(over)}. Use fewer filters per block "
+            f"(the 'mcu' preset's widest is c96) or pool earlier (a trailing 'p'). "
+            f"Received: stages={figures['architecture']!r}."
+        )
+    return figures
 
 
 def check_budget(model, flash_budget=None, arena_budget=None):

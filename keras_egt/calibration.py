@@ -59,14 +59,13 @@ would be needed and the thresholds returned never exit early (`certified` False)
 
 import json
 import math
+import numbers
 import warnings
 
 import numpy as np
 
-from keras_egt import atomic
+from keras_egt import atomic, costs, metrics
 from keras_egt import cascade as _cascade
-from keras_egt import costs
-from keras_egt import metrics
 from keras_egt.checks import check_finite_outputs, check_fraction, check_labels, check_number
 
 __all__ = [
@@ -451,14 +450,61 @@ def _check_fraction(value, name):
     return check_fraction(value, name, include_one=False)
 
 
-def _group_index(groups, n):
-    groups = np.asarray(groups)
-    if groups.ndim != 1 or len(groups) != n:
+def _id_kind(value):
+    """`"integer"`, `"string"` or `"bytes"` for a usable group id, else None."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, numbers.Integral):
+        return "integer"
+    if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
+        return "integer"  # 3.0, as a float column of ids reads
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bytes):
+        return "bytes"
+    return None
+
+
+def _group_ids(groups, n):
+    """`groups` as a 1-D int64 or string array of `n` ids, or a one-line ValueError.
+
+    Ids are whole numbers or strings, one kind for all: None, NaN, bools and
+    fractions are refused (a missing id is no group), and a mix such as 1 and "1"
+    is refused rather than compared as text.
+    """
+    shown = " ".join(repr(groups).split())[:80]  # one line, also for a 2-D array
+    try:
+        values = np.asarray(groups, dtype=object)
+    except ValueError:  # ragged nested lists
+        values = np.empty(0, object)
+    if values.ndim != 1 or len(values) != n:
         raise ValueError(
-            f"groups must hold one id per calibration sample: {n} samples but groups of "
-            f"shape {groups.shape}."
+            f"groups must hold one id per calibration sample ({n}), e.g. the user id of "
+            f"each: pass a 1-D list or array of {n} ids, or groups=None. Received: groups "
+            f"of shape {np.shape(values)} ({shown})."
         )
-    _, index = np.unique(groups, return_inverse=True)
+    kinds = [_id_kind(v) for v in values]
+    bad = [v for v, kind in zip(values, kinds) if kind is None]
+    if bad:
+        examples = list(dict.fromkeys(repr(v) for v in bad))[:3]
+        raise ValueError(
+            f"groups must hold whole numbers or strings (user, session or device ids); "
+            f"{len(bad)} of {n} are not (e.g. {', '.join(examples)}): give "
+            f"every sample a real id, or drop the samples without one. Received: groups={shown}."
+        )
+    if len(set(kinds)) > 1:
+        raise ValueError(
+            f"groups mixes {' and '.join(sorted(set(kinds)))} ids, which would be compared "
+            f"as text (1 and '1' one group): use one kind for every id, e.g. "
+            f"[str(g) for g in groups]. Received: groups={shown}."
+        )
+    if kinds and kinds[0] == "integer":
+        return np.asarray([int(v) for v in values], np.int64)
+    return np.asarray(list(values))
+
+
+def _group_index(groups, n):
+    _, index = np.unique(_group_ids(groups, n), return_inverse=True)
     count = int(index.max()) + 1 if n else 0
     if count < 2:
         raise ValueError(
@@ -552,6 +598,8 @@ def calibrate_thresholds(model, x, y=None, max_accuracy_drop=0.005, *, confidenc
     if probabilities is None:
         if model is None or x is None:
             raise ValueError("calibrate_thresholds needs a model and x, or probabilities.")
+        if groups is not None:
+            _group_ids(groups, len(x))  # bad ids fail before the inference pass
         probabilities = metrics.exit_probabilities(model, x, batch_size)
     probabilities = check_finite_outputs(np.asarray(probabilities, np.float64), "probabilities")
     if probabilities.ndim != 3 or probabilities.shape[0] < 2:

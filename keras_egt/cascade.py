@@ -32,8 +32,7 @@ room the thresholds leave.
 import numpy as np
 from keras import ops
 
-from keras_egt import costs
-from keras_egt import metrics
+from keras_egt import costs, metrics
 from keras_egt.checks import check_finite_outputs, check_inputs
 from keras_egt.exit_rule import (  # noqa: F401  (the exit rule, re-exported)
     CRITERIA,
@@ -110,7 +109,8 @@ class Cascade:
         """Classifies `x`, running every sample only as deep as it needs.
 
         Args:
-            x: inputs `(n, H, W, C)`.
+            x: float inputs `(n, H, W, C)`, scaled as in training; integer images
+                are refused (`keras_egt.checks.check_image_dtype`).
             batch_size: samples entering the cascade together. At 1, each sample runs
                 as one compiled call (`keras_egt.compiled_cascade.CompiledCascade`).
 

@@ -13,13 +13,75 @@ import numpy as np
 _QUOTE = 10
 
 
-def check_inputs(x, image_shape, where="x"):
-    """Raises a clear ValueError if `x` is not a finite batch of `image_shape` inputs.
+# How the data loaders scale integer images to [0, 1] (as matplotlib reads 8- and
+# 16-bit PNGs); an in-memory integer batch is refused with the same divisor as its fix.
+IMAGE_SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+def _dtype_name(dtype):
+    if isinstance(dtype, str):
+        return dtype
+    if isinstance(getattr(dtype, "name", None), str):  # numpy and TensorFlow dtypes
+        return dtype.name
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        # A backend dtype numpy does not know (torch.uint8, jnp.bfloat16): its last word.
+        return str(dtype).rsplit(".", 1)[-1]
+
+
+def check_image_dtype(dtype, where="x"):
+    """Raises a ValueError unless images of `dtype` are floating point: the one uint8 rule.
+
+    Every place images enter (training, evaluation, the cascade, calibration, plots,
+    explanations, export calibration data, the int8 runners) refuses integer and
+    boolean images instead of guessing their scale: a uint8 batch used raw (0-255)
+    by a model trained on the data loaders' [0, 1] inputs answers garbage (on the
+    int8 runner it saturated every input, 0% label agreement), while dividing it
+    silently would break a model trained on raw levels. The message names the fix
+    the loaders apply (`keras_egt.datasets.load_npz` / `load_folder` divide uint8 by
+    255 and uint16 by 65535). The int8 runners' already-quantized int8 inputs are
+    their own path, checked before this.
 
     Args:
-        x: array-like `(batch, H, W, C)`.
+        dtype: a numpy dtype, a dtype name (`"uint8"`) or a backend tensor's dtype.
+        where: name of the argument, for the message.
+
+    Returns:
+        The dtype's name.
+
+    Example:
+    >>> check_image_dtype(np.float32)
+    'float32'
+    >>> check_image_dtype("uint8")       # ValueError: ... x.astype("float32") / 255 ...
+    """
+    name = _dtype_name(dtype)
+    if name.startswith(("float", "bfloat")):
+        return name
+    scale = {key.name: value for key, value in IMAGE_SCALES.items()}.get(name)
+    fix = (f'divide them as the data loaders do: {where}.astype("float32") / {scale:g}'
+           if scale else f'scale them as the training data was and cast them, e.g. '
+           f'{where}.astype("float32") / 255 for 8-bit levels')
+    raise ValueError(
+        f"{where} must hold floating-point images (integer images are not rescaled: raw "
+        f"0-255 levels on a model trained on [0, 1] inputs give garbage); {fix}. "
+        f"Received: {where}.dtype={name}."
+    )
+
+
+def check_inputs(x, image_shape, where="x"):
+    """Raises a clear ValueError if `x` is not a finite float batch of `image_shape` inputs.
+
+    Integer and boolean images are refused (`check_image_dtype`: divide uint8 by
+    255 as the data loaders do), so a batch means the same to every entry point.
+
+    Args:
+        x: array-like `(batch, H, W, C)` of floats.
         image_shape: the model's `(H, W, C)`.
         where: name of the argument, for the message.
+
+    Example:
+    >>> check_inputs(np.zeros((2, 32, 32, 2), "float32"), (32, 32, 2))
     """
     x = np.asarray(x)
     if x.ndim != 4:
@@ -34,7 +96,8 @@ def check_inputs(x, image_shape, where="x"):
             f"{tuple(image_shape)}: resize or pad the inputs, or build the model with "
             f"input_shape={x.shape[1:]}."
         )
-    if np.issubdtype(x.dtype, np.number) and not np.all(np.isfinite(x)):
+    check_image_dtype(x.dtype, where)
+    if not np.all(np.isfinite(x)):
         bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
         raise ValueError(
             f"{where} holds {bad} non-finite values (NaN or Inf); clean or impute them "

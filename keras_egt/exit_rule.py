@@ -20,8 +20,9 @@ import math
 
 import numpy as np
 
-__all__ = ["CRITERIA", "NEVER_EXIT", "confidence", "decide", "exit_shares", "first_exit",
-           "oracle_exits", "resolve_criterion", "resolve_thresholds", "should_exit"]
+__all__ = ["CRITERIA", "NEVER_EXIT", "check_threshold", "confidence", "decide", "exit_shares",
+           "first_exit", "oracle_exits", "resolve_criterion", "resolve_thresholds",
+           "should_exit"]
 
 CRITERIA = ("max_probability", "entropy")
 # Any threshold above 1 never fires (confidences lie in [0, 1]); 2.0 stays a plain
@@ -35,14 +36,40 @@ def _check_criterion(criterion):
     return criterion
 
 
-def _check_threshold(value, where="threshold"):
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where} must be a number, got {value!r}.") from None
-    if math.isnan(value):
-        raise ValueError(f"{where} must be a number, got NaN.")
-    return value
+def check_threshold(value, where="threshold"):
+    """`value` as a float, or a one-line ValueError: a NaN threshold decides nothing.
+
+    The one check of a single threshold (the float cascade, calibration and the
+    int8 export resolve theirs through `resolve_thresholds`, which calls it). A NaN
+    would make every `confidence >= threshold` comparison False, so the cascade
+    would silently never exit early; strings and bools are refused too rather than
+    read as numbers.
+
+    Args:
+        value: a number (numpy scalars and 0-d arrays included); above 1 never exits.
+        where: the argument's name, for the message.
+
+    Returns:
+        The threshold as a float.
+
+    Example:
+    >>> check_threshold(np.float32(0.5))
+    0.5
+    """
+    number = None
+    if not isinstance(value, (str, bytes, bool, np.bool_)):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            pass
+    if number is None or math.isnan(number):
+        why = "NaN compares false to every confidence" if number is not None else "not a number"
+        raise ValueError(
+            f"{where} must be a number (0 exits every sample at exit 1, above 1 never "
+            f"exits early, the paper uses 0.9), {why}: pass e.g. {where}=0.9 or the "
+            f"thresholds of calibrate_thresholds. Received: {where}={value!r:.60}."
+        )
+    return number
 
 
 def confidence(probabilities, criterion="max_probability"):
@@ -92,7 +119,7 @@ def should_exit(probabilities, threshold, criterion="max_probability"):
     >>> should_exit(np.array([[0.95, 0.05], [0.6, 0.4]]), 0.9)
     array([ True, False])
     """
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
     return np.asarray(confidence(probabilities, criterion) >= threshold)
 
 
@@ -140,7 +167,7 @@ def resolve_thresholds(threshold, num_exits):
     """
     num_exits = int(num_exits)
     if np.ndim(threshold) == 0:
-        values = [_check_threshold(threshold)] * (num_exits - 1)
+        values = [check_threshold(threshold)] * (num_exits - 1)
     else:
         values = list(threshold)
         if len(values) not in (num_exits - 1, num_exits):
@@ -149,7 +176,7 @@ def resolve_thresholds(threshold, num_exits):
                 f"ignored, exit {num_exits} takes every sample that reaches it, or "
                 f"{num_exits - 1}), got {len(values)}."
             )
-        values = [_check_threshold(v, f"threshold[{k}]") for k, v in enumerate(values)]
+        values = [check_threshold(v, f"threshold[{k}]") for k, v in enumerate(values)]
         values = values[: num_exits - 1]
     return tuple(min(v, NEVER_EXIT) for v in values) + (NEVER_EXIT,)
 

@@ -45,6 +45,7 @@ import re
 import keras
 
 from keras_egt import layers as egt_layers
+from keras_egt.budget import check_architecture
 from keras_egt.checks import check_number
 from keras_egt.model import EarlyExitModel
 
@@ -142,6 +143,7 @@ def mcu_backbone(input_shape, stages="mcu", batchnorm_momentum=egt_layers.BATCH_
             f"{_pools(stages)} 2x2 poolings need height and width >= {smallest}. Resize "
             "the inputs or drop a 'p'."
         )
+    check_architecture(stages, input_shape)  # before Keras allocates a single weight
     options = {"dtype": dtype}
     norm = {"momentum": batchnorm_momentum, **options}
     inputs = keras.Input(tuple(int(d) for d in input_shape), name="image")

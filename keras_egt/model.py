@@ -8,9 +8,20 @@ from keras import ops
 
 from keras_egt import callbacks as egt_callbacks
 from keras_egt import layers as egt_layers
-from keras_egt.checks import check_inputs, check_int, check_labels, check_number, check_weights
-from keras_egt.losses import check_consistency_options, consistency_terms, exit_consistencies
-from keras_egt.losses import weighted_consistency
+from keras_egt.checks import (
+    check_image_dtype,
+    check_inputs,
+    check_int,
+    check_labels,
+    check_number,
+    check_weights,
+)
+from keras_egt.losses import (
+    check_consistency_options,
+    consistency_terms,
+    exit_consistencies,
+    weighted_consistency,
+)
 from keras_egt.stages import split_backbone
 
 
@@ -37,9 +48,15 @@ class EarlyExitModel(keras.Model):
         backbone: a built Functional or Sequential Keras model with one image input
             of known `(H, W, C)`, e.g. `keras.applications.MobileNetV2(...,
             include_top=False)`.
-        exit_layers: names (or layers) of the backbone layers that end each stage,
-            first to last (at least 2). Each must output a 4-D feature map, and no
-            skip connection may cross it (see `split_backbone`).
+        exit_layers: the backbone layers that end each stage, first to last (at
+            least 2), as layer objects of `backbone` or their names. Each must
+            output a 4-D feature map, and no skip connection may cross it (see
+            `split_backbone`). Pass layer objects for automatically named layers:
+            `keras.applications` models name them by a per-process counter
+            (`re_lu_22` on the first build is `re_lu_45` on the second), so a name
+            read off one build misses on another. The config stores the names of
+            this backbone, which its own serialized config keeps, so a saved model
+            reloads in any process.
         num_classes: number of classes.
         consistency_weight: λ >= 0, or a list of one λ per early exit (K - 1).
         exit_weights: K per-exit classification-loss weights (default 1 each), used
@@ -65,7 +82,9 @@ class EarlyExitModel(keras.Model):
             `dtype="mixed_bfloat16"`).
 
     Call arguments:
-        inputs: images `(batch, H, W, C)` of the backbone's input shape.
+        inputs: float images `(batch, H, W, C)` of the backbone's input shape;
+            integer images are refused (`keras_egt.checks.check_image_dtype`:
+            divide uint8 by 255 as the data loaders do).
         training: whether batch norm and dropout run in training mode.
 
     Returns (from `call`):
@@ -80,6 +99,8 @@ class EarlyExitModel(keras.Model):
     >>> model.fit(x_train, y_train, epochs=50)
     >>> logits = model(x)                    # four (batch, 9) tensors
     >>> maps = model.attention_maps(x)       # four (batch, H_k, W_k, 1) maps
+    >>> cuts = egt.valid_cuts(backbone)      # or exits as layer objects of this build:
+    >>> model = EarlyExitModel(backbone, [backbone.get_layer(cuts[i]) for i in (30, 80, -1)], 9)
     """
 
     def __init__(
@@ -180,6 +201,12 @@ class EarlyExitModel(keras.Model):
                 "or resize the inputs to the size the model was built for."
             )
 
+    def __call__(self, inputs, *args, **kwargs):
+        # Here, not in `call`: Keras wraps an error raised inside `call` in a
+        # multi-line report.
+        check_image_dtype(_dtype_of(inputs), "inputs")
+        return super().__call__(inputs, *args, **kwargs)
+
     def _forward(self, inputs, training=None):
         self._check_rank(inputs)
         x = inputs
@@ -222,6 +249,8 @@ class EarlyExitModel(keras.Model):
         Example:
         >>> maps = model.attention_maps(x[:8])
         """
+        # Before the cast to the compute dtype, which would hide a uint8 batch.
+        check_image_dtype(_dtype_of(x), "x")
         x = ops.convert_to_tensor(x, dtype=self.compute_dtype)
         return self._forward(x, training=training)[1]
 
@@ -312,11 +341,22 @@ class EarlyExitModel(keras.Model):
         self._check_data(x, y, "x")
         return super().evaluate(x, y, **kwargs)
 
+    def predict(self, x, *args, **kwargs):
+        """`keras.Model.predict`, after the checks of `fit` (shape, float dtype, finite).
+
+        Example:
+        >>> logits = model.predict(x_test, verbose=0)   # K arrays (n, num_classes)
+        """
+        self._check_data(x, None, "x")
+        return super().predict(x, *args, **kwargs)
+
     def _check_data(self, x, y, where):
         if x is None:
             return
         if y is None and _is_dataset(x):
             x, y = _first_batch(x)
+            if x is None:
+                return
         check_inputs(x, self.image_shape, where)
         if y is not None:
             check_labels(y, self.num_classes, where, len(x))
@@ -379,6 +419,11 @@ def _copy_metrics(metrics):
     ]
 
 
+def _dtype_of(x):
+    dtype = getattr(x, "dtype", None)
+    return keras.backend.standardize_dtype(np.asarray(x).dtype if dtype is None else dtype)
+
+
 def _is_dataset(data):
     return not isinstance(data, (np.ndarray, list, tuple)) and not hasattr(data, "__array__")
 
@@ -386,6 +431,8 @@ def _is_dataset(data):
 def _first_batch(data):
     if isinstance(data, keras.utils.PyDataset):
         batch = data[0]
+    elif iter(data) is data:
+        return None, None  # a one-shot iterator: peeking would drop its first batch
     else:
         batch = next(iter(data))
     if not isinstance(batch, (list, tuple)) or len(batch) < 2:

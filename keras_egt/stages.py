@@ -80,18 +80,27 @@ def valid_cuts(backbone, before=None):
     A layer is a valid cut if every path from the backbone's input to `before`'s
     output (default: the backbone's output) passes through the layer's output.
 
+    The names are those of this backbone object. Automatic names (`re_lu_22`)
+    depend on how many layers the process built before, so a second build of a
+    `keras.applications` model names them differently: turn a name into the layer
+    object of the same build (`backbone.get_layer(name)`) and pass that as an exit
+    layer.
+
     Args:
         backbone: a Functional or Sequential Keras model.
-        before: a layer of `backbone`, or None for the backbone's output.
+        before: a layer of `backbone` (or its name), or None for the backbone's
+            output.
 
     Returns:
         The names of the valid cut layers, in graph order.
 
     Example:
-    >>> valid_cuts(keras.applications.MobileNetV2(weights=None, include_top=False))[:3]
+    >>> backbone = keras.applications.MobileNetV2(weights=None, include_top=False)
+    >>> cuts = valid_cuts(backbone)
+    >>> exit_layers = [backbone.get_layer(cuts[i]) for i in (20, 60, -1)]
     """
     image = _graph(backbone)
-    end = backbone.outputs[0] if before is None else before.output
+    end = backbone.outputs[0] if before is None else _resolve(backbone, before).output
     names = []
     for layer in _feature_layers(backbone):
         if layer.output is end:
@@ -104,11 +113,15 @@ def valid_cuts(backbone, before=None):
 
 
 def _resolve(backbone, exit_layer):
+    """The layer of `backbone` that `exit_layer` (a layer object or a name) means."""
     if isinstance(exit_layer, keras.layers.Layer):
         if not any(layer is exit_layer for layer in backbone.layers):
             raise ValueError(
                 f"exit layer {exit_layer.name!r} is not a layer of the backbone "
-                f"{backbone.name!r}."
+                f"{backbone.name!r} (a layer of another build of it, or of a nested "
+                "model?): pass layers of this backbone object, e.g. "
+                f"backbone.get_layer(name) for a name in valid_cuts(backbone). Received: "
+                f"exit_layer={exit_layer!r:.80}."
             )
         return exit_layer
     try:
@@ -118,7 +131,11 @@ def _resolve(backbone, exit_layer):
         raise ValueError(
             f"The backbone {backbone.name!r} has no layer named {exit_layer!r}. Layers "
             f"with a 4-D feature map: {', '.join(candidates[-12:])}"
-            f"{' (the last 12 shown)' if len(candidates) > 12 else ''}."
+            f"{' (the last 12 shown)' if len(candidates) > 12 else ''}. Automatic names "
+            "such as 're_lu_22' count the layers built before in the process (a second "
+            "build of a keras.applications model has others): pass the layer objects "
+            "instead, e.g. [backbone.get_layer(n) for n in valid_cuts(backbone)[:3]]. "
+            f"Received: exit_layer={exit_layer!r:.80}."
         ) from None
 
 
@@ -140,8 +157,10 @@ def split_backbone(backbone, exit_layers):
 
     Args:
         backbone: a built Functional or Sequential Keras model with one input.
-        exit_layers: names (or layer objects) of the layers after which an exit
-            sits, first to last; at least 2.
+        exit_layers: layer objects of `backbone` (or their names) after which an
+            exit sits, first to last; at least 2. Layer objects are the safe choice
+            for automatically named layers, whose names change between builds
+            (see `valid_cuts`).
 
     Returns:
         A list of `len(exit_layers)` `keras.Model`s, first stage first.

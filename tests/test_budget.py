@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import BACKEND, blob_task
 import keras_egt as egt
+from conftest import blob_task
 from keras_egt import budget
 
 

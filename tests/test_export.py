@@ -564,3 +564,20 @@ def test_worker_reports_errors_with_their_type(tmp_path):
     assert _worker.main(str(tmp_path / "job.json")) == 1
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["error_type"] == "ValueError" and "missing.keras" in result["error"]
+
+
+@pytest.mark.tensorflow_only
+def test_integer_images_are_refused_with_the_loaders_fix(deployed, tmp_path):
+    # One rule for images (checks.check_image_dtype): uint8 levels are not rescaled
+    # silently anywhere; the fix the message names is what the loaders do.
+    levels = np.clip(np.round(deployed["x_test"][:6] * 255), 0, 255).astype(np.uint8)
+    fix = r'astype\("float32"\) / 255\. Received: (x|representative_data)\.dtype=uint8'
+    with pytest.raises(ValueError, match=fix):
+        export.export_cascade(deployed["model"], tmp_path / "d", levels)
+    assert not os.path.exists(tmp_path / "d")
+    runner = export.load_cascade(deployed["dir"], runtime="tflm")
+    with pytest.raises(ValueError, match=fix):
+        runner.predict(levels)
+    scaled = levels.astype("float32") / 255
+    for a, b in zip(runner.predict(scaled), runner.predict(runner.quantize_input(scaled))):
+        np.testing.assert_array_equal(a, b)  # int8 input: already quantized, same answer

@@ -11,10 +11,12 @@ import warnings
 
 import numpy as np
 
+from keras_egt.checks import IMAGE_SCALES
+
 _EXTENSIONS = (".npy", ".png")
 # Unsigned integer images are scaled to [0, 1] as PNGs are (matplotlib reads an 8- or
 # 16-bit PNG as floats in [0, 1]), so one data set loads the same from .npz, .npy or .png.
-_IMAGE_DTYPES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+_IMAGE_DTYPES = IMAGE_SCALES
 # Empty classes quoted in a message at most.
 _QUOTE = 10
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from keras_egt import atomic
 from keras_egt.cascade import resolve_criterion, resolve_thresholds
-from keras_egt.checks import NonFiniteError, check_finite_outputs
+from keras_egt.checks import NonFiniteError, check_finite_outputs, check_image_dtype
 from keras_egt.export import _lifetime
 from keras_egt.export import runtime as rt
 from keras_egt.export.manifest import seal_manifest
@@ -37,8 +37,7 @@ def check_representative_data(data, image_shape):
         )
     if len(data) == 0:
         raise ValueError("representative_data is empty; pass a few hundred training inputs.")
-    if not np.issubdtype(data.dtype, np.number):
-        raise ValueError(f"representative_data must be numeric, got dtype {data.dtype}.")
+    check_image_dtype(data.dtype, "representative_data")
     data = data.astype(np.float32)
     if not np.all(np.isfinite(data)):
         raise ValueError("representative_data holds NaN or Inf values; clean them first.")

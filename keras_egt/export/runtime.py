@@ -16,7 +16,8 @@ import time
 
 import numpy as np
 
-from keras_egt.exit_rule import first_exit, should_exit
+from keras_egt.checks import check_image_dtype
+from keras_egt.exit_rule import check_threshold, first_exit, should_exit
 from keras_egt.export import _deps, _lifetime
 from keras_egt.export.manifest import (  # noqa: F401  (re-exported names)
     CRITERION,
@@ -53,9 +54,7 @@ def int8_threshold(threshold, scale, zero_point):
     >>> int8_threshold(0.9, 1 / 256, -128)
     103
     """
-    threshold, scale = float(threshold), float(scale)
-    if math.isnan(threshold):
-        raise ValueError("threshold must be a number, got NaN.")
+    threshold, scale = check_threshold(threshold), float(scale)
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a positive number, got {scale}.")
     if math.isinf(threshold):
@@ -528,8 +527,7 @@ class CascadeRunner:
             )
         if x.dtype == np.int8:
             return x
-        if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
-            raise ValueError(f"x must be a numeric array, got dtype {x.dtype}.")
+        check_image_dtype(x.dtype, "x")
         if not np.all(np.isfinite(x)):
             raise ValueError("x holds NaN or Inf values.")
         spec = self.manifest["segments"][0]["input"]
