@@ -351,3 +351,22 @@ def test_a_cache_in_a_private_folder_keeps_its_mode(keras_home, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         rg.load_data(num_train=9, num_test=9)
+
+
+def test_simulation_shows_progress_over_every_sample(monkeypatch):
+    import keras
+
+    bars = []
+
+    class Recorded(keras.utils.Progbar):
+        def __init__(self, target, *args, **kwargs):
+            super().__init__(target, *args, verbose=0, **{k: v for k, v in kwargs.items()
+                                                          if k != "verbose"})
+            bars.append(self)
+
+    monkeypatch.setattr(keras.utils, "Progbar", Recorded)
+    rg.load_data(num_train=18, num_test=9, cache=False)
+    assert bars == []  # quiet by default
+    rg.load_data(num_train=18, num_test=9, cache=False, verbose=1)
+    rg.load_calibration_data(num_users=2, samples_per_user=9, cache=False, verbose=1)
+    assert [(bar.target, bar._seen_so_far) for bar in bars] == [(27, 27), (18, 18)]

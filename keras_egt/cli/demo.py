@@ -164,7 +164,7 @@ def _run_into(args, settings, architecture, out, final):
     step(f"Loading the simulated radar gesture set ({args.num_train} train / {args.num_test} "
          "test; simulated on the first run, about 45 s on 2 cores, then read from the cache).")
     (x_train, y_train), (x_test, y_test) = radar_gestures.load_data(
-        num_train=args.num_train, num_test=args.num_test
+        num_train=args.num_train, num_test=args.num_test, verbose=1
     )
     # The validation split only monitors training; thresholds are calibrated on other users.
     rng = np.random.default_rng(args.seed)
@@ -197,7 +197,8 @@ def _run_into(args, settings, architecture, out, final):
     step(f"Calibrating the thresholds on {args.calibration_users} fresh users (simulated on "
          "the first run, then read from the cache).")
     x_cal, y_cal, users_cal = radar_gestures.load_calibration_data(
-        num_users=args.calibration_users, samples_per_user=CALIBRATION["samples_per_user"])
+        num_users=args.calibration_users, samples_per_user=CALIBRATION["samples_per_user"],
+        verbose=1)
     thresholds = _calibrate(egt_model, x_cal, y_cal, users_cal)
     step("Evaluating EGT with the calibrated thresholds on the test samples, then batch-1 "
          "timing.")

@@ -40,7 +40,7 @@ def load_dataset(args):
     if args.data == "radar":
         check_radar_counts(args)
         return radar_gestures.load_data(num_train=args.num_train, num_test=args.num_test,
-                                        seed=args.data_seed)
+                                        seed=args.data_seed, verbose=1)
     if not args.data.lower().endswith(".npz"):
         raise CLIError(f"--data must be 'radar' or an .npz file, got {args.data!r}.")
     check_input_file(args.data, "data file")

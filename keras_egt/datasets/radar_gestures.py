@@ -740,7 +740,8 @@ def _scene(label, user, rng, config, snr_db, sloppy_fraction):
 
 
 def simulate(labels, users, seed=0, split="train", snr_db=(5.0, 25.0), sloppy_fraction=0.05,
-             channels=("doppler", "angle"), config=None, batch_size=16, start_index=0):
+             channels=("doppler", "angle"), config=None, batch_size=16, start_index=0,
+             progress=None):
     """Simulates samples of given labels, users and indices; the core of `load_data`.
 
     Args:
@@ -754,6 +755,7 @@ def simulate(labels, users, seed=0, split="train", snr_db=(5.0, 25.0), sloppy_fr
         config: a `RadarConfig`.
         batch_size: samples processed together (does not change the result).
         start_index: index of the first sample, for its seed.
+        progress: a `keras.utils.Progbar` advanced by every sample simulated, or None.
 
     Returns:
         uint8 levels `(len(labels), frames, 64, len(channels))`.
@@ -772,6 +774,8 @@ def simulate(labels, users, seed=0, split="train", snr_db=(5.0, 25.0), sloppy_fr
         pos, vel, rcs, phases, noise_std = (np.stack(v) for v in zip(*scenes))
         cube = if_signal(pos, vel, rcs, config, phases, noise_std, rngs)
         out[lo:hi] = maps_from_cube(cube, config, channels)
+        if progress is not None:
+            progress.add(hi - lo)
     return out
 
 
@@ -789,6 +793,14 @@ def _split(seed, split, num_samples, num_users, **kwargs):
     users = _users(seed, split, num_users)
     levels = simulate(labels, [users[u] for u in user_ids], seed=seed, split=split, **kwargs)
     return levels, labels.astype(np.int32)
+
+
+def _progress(count, verbose):
+    if not verbose:
+        return None
+    import keras
+
+    return keras.utils.Progbar(count, unit_name="simulated sample")
 
 
 def _to_float(levels):
@@ -958,7 +970,7 @@ def _check_args(num_train, num_test, seed, snr_db, num_train_users, num_test_use
 
 def load_data(num_train=1363, num_test=1364, seed=0, snr_db=(5.0, 25.0), num_train_users=16,
               num_test_users=8, sloppy_fraction=0.05, channels=("doppler", "angle"),
-              config=None, cache=True, return_users=False):
+              config=None, cache=True, return_users=False, verbose=0):
     """Loads the simulated 60 GHz radar gesture set (generated once, then cached).
 
     The defaults mirror the paper's data: 9 classes, 1,363 training and 1,364 test
@@ -980,6 +992,7 @@ def load_data(num_train=1363, num_test=1364, seed=0, snr_db=(5.0, 25.0), num_tra
         config: a `RadarConfig`; default the BGT60TR13C-like one.
         cache: read and write the cache under `$KERAS_HOME/datasets/keras_egt`.
         return_users: also return each sample's user id (see Returns).
+        verbose: 1 shows a progress bar while samples are simulated (not when cached).
 
     Returns:
         `(x_train, y_train), (x_test, y_test)`: x float32 in [0, 1] of shape
@@ -1018,7 +1031,7 @@ def load_data(num_train=1363, num_test=1364, seed=0, snr_db=(5.0, 25.0), num_tra
         arrays = _read_cache(path, key)
     if arrays is None:
         common = dict(snr_db=snr_db, sloppy_fraction=sloppy_fraction, channels=channels,
-                      config=config)
+                      config=config, progress=_progress(num_train + num_test, verbose))
         x_train, y_train = _split(seed, "train", num_train, num_train_users, **common)
         x_test, y_test = _split(seed, "test", num_test, num_test_users, **common)
         arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
@@ -1035,7 +1048,7 @@ def load_data(num_train=1363, num_test=1364, seed=0, snr_db=(5.0, 25.0), num_tra
 
 def load_calibration_data(num_users=100, samples_per_user=9, seed=0, snr_db=(5.0, 25.0),
                           sloppy_fraction=0.05, channels=("doppler", "angle"), config=None,
-                          cache=True):
+                          cache=True, verbose=0):
     """Samples of fresh users, in neither `load_data`'s training nor its test split.
 
     For calibrating the cascade's thresholds (`egt.calibrate_thresholds(...,
@@ -1050,7 +1063,7 @@ def load_calibration_data(num_users=100, samples_per_user=9, seed=0, snr_db=(5.0
         samples_per_user: gestures per user.
         seed: non-negative integer, as `load_data`'s (same seed: same population
             parameters, still other people).
-        snr_db, sloppy_fraction, channels, config, cache: as `load_data`.
+        snr_db, sloppy_fraction, channels, config, cache, verbose: as `load_data`.
 
     Returns:
         `(x, y, users)`: x float32 `(num_users * samples_per_user, frames, 64,
@@ -1090,7 +1103,7 @@ def load_calibration_data(num_users=100, samples_per_user=9, seed=0, snr_db=(5.0
         people = _users(seed, "calibration", num_users)
         x = simulate(labels, [people[u] for u in users], seed=seed, split="calibration",
                      snr_db=snr_db, sloppy_fraction=sloppy_fraction, channels=channels,
-                     config=config)
+                     config=config, progress=_progress(len(labels), verbose))
         arrays = {"x": x, "y": labels.astype(np.int32), "users": users.astype(np.int32)}
         if cache:
             _write_cache(path, key, arrays)
