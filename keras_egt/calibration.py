@@ -53,8 +53,10 @@ itself. The guarantee is on the expected risk, not on every batch: a small test 
 scatters around it.
 
 **Honest failure.** If not even the first early-exit setting of the path can be
-certified (too few samples or groups, epsilon too small), a warning says how many
-would be needed and the thresholds returned never exit early (`certified` False).
+certified (too few samples or groups, epsilon too small, or, for an accuracy drop, a
+final exit that does not beat chance), a warning says why (and how many samples would
+be needed), the thresholds returned never exit early (`certified` False) and `reason`
+keeps the sentence.
 """
 
 import json
@@ -314,7 +316,7 @@ def threshold_curve(probabilities, y, exit_macs, final_macs, grid=None,
 
 
 _FIELDS = ("criterion", "objective", "risk", "epsilon", "delta", "confidence", "certified",
-           "bound", "n", "num_samples", "groups", "samples_needed", "path_kind", "path",
+           "bound", "n", "num_samples", "groups", "samples_needed", "reason", "path_kind", "path",
            "max_accuracy_drop", "max_disagreement", "mac_budget", "accuracy", "final_accuracy",
            "disagreement", "average_macs", "speedup", "exit_shares", "final_only_macs",
            "oracle", "curve")
@@ -347,6 +349,8 @@ class CalibratedThresholds(list):
         groups: number of groups, or None.
         samples_needed: when not certified, about how many units would be needed
             (None if no amount would do at this epsilon).
+        reason: when not certified, why, in one sentence (too few units, a risk at or
+            above epsilon, or a final exit at chance); None when certified.
         path_kind: `"shared"` (one threshold for every exit) or `"given"`.
         path: the settings walked, in order: dicts `thresholds`, `risk` (observed),
             `p_value`, `passed`, `average_macs`; the walk stops at the first failure.
@@ -404,10 +408,11 @@ class CalibratedThresholds(list):
             promise = f"{what} <= {100 * self.epsilon:.2f} points"
             bound = f"{100 * self.bound:.2f} points"
         if not self.certified:
-            need = (f"about {self.samples_needed:,} {unit} needed" if self.samples_needed
-                    else "no amount of data would do at this level")
+            why = getattr(self, "reason", None) or (
+                f"about {self.samples_needed:,} {unit} needed" if self.samples_needed
+                else "no amount of data would do at this level")
             return (f"NOT certified ({promise} at confidence {self.confidence:g}, n = {self.n} "
-                    f"{unit}; {need}): never exits early.")
+                    f"{unit}): never exits early; {why}.")
         return (f"certified: {promise} with probability >= {self.confidence:g} "
                 f"(Learn then Test, Hoeffding-Bentkus, n = {self.n} {unit}); upper "
                 f"confidence bound of this setting {bound}.")
@@ -417,8 +422,8 @@ class CalibratedThresholds(list):
 # The calibrator
 
 
-def check_above_chance(final_labels, y, num_classes, delta):
-    """Raises a ValueError unless the final exit is significantly above chance on `y`.
+def chance_reason(final_labels, y, num_classes, delta):
+    """Why the final exit is not shown to beat chance on `y`, or None if it is.
 
     One-sided binomial test at the calibration's own level `delta`: under the null
     "the final exit guesses" (accuracy 1 / num_classes, samples independent), the
@@ -431,19 +436,26 @@ def check_above_chance(final_labels, y, num_classes, delta):
         y: the true labels `(n,)`.
         num_classes: number of classes.
         delta: `1 - confidence`.
+
+    Returns:
+        None if the test passes, else one sentence naming the counts, the p-value and
+        the fix.
+
+    Example:
+    >>> chance_reason(np.zeros(90, int), np.arange(90) % 9, 9, 0.1)[:38]
+    'the final exit is at chance on the cal'
     """
     n = len(y)
     correct = int(np.sum(np.asarray(final_labels) == np.asarray(y)))
     p_value = 1.0 - _binomial_cdf(correct - 1, n, 1.0 / num_classes)
-    if p_value > delta:
-        raise ValueError(
-            f"calibrate_thresholds refuses to certify: the final exit is at chance on the "
-            f"calibration data ({correct}/{n} correct = {correct / n:.3f}, chance "
-            f"1/{num_classes} = {1 / num_classes:.3f}; one-sided binomial p-value "
-            f"{p_value:.3g} > delta = {delta:.3g}). Train the model until its final exit "
-            f"beats chance (check batch-norm momentum and the learning rate), or pass more "
-            f"calibration samples. Received: final accuracy={correct / n:.3f}."
-        )
+    if p_value <= delta:
+        return None
+    return (f"the final exit is at chance on the calibration data ({correct}/{n} correct = "
+            f"{correct / n:.3f}, chance 1/{num_classes} = {1 / num_classes:.3f}; one-sided "
+            f"binomial p-value {p_value:.3g} > delta = {delta:.3g}), so no accuracy drop "
+            f"relative to it means anything; train the model until its final exit beats "
+            f"chance (check batch-norm momentum and the learning rate), or pass more "
+            f"calibration samples")
 
 
 def _check_fraction(value, name):
@@ -639,10 +651,9 @@ def calibrate_thresholds(model, x, y=None, max_accuracy_drop=0.005, *, confidenc
 
     matrix, path_kind = _path_matrix(path, num_exits - 1)
     final_labels = probabilities[-1].argmax(-1)
-    if risk_kind == "accuracy_drop":
-        # Only this promise is relative to the final exit's accuracy; a MAC bound or an
-        # agreement bound holds whatever the final exit is worth.
-        check_above_chance(final_labels, y, num_classes, delta)
+    # Only this promise is relative to the final exit's accuracy; a MAC bound or an
+    # agreement bound holds whatever the final exit is worth.
+    reason = chance_reason(final_labels, y, num_classes, delta) if risk_kind == "accuracy_drop" else None
 
     def losses(labels, exits):
         if risk_kind == "accuracy_drop":
@@ -667,6 +678,8 @@ def calibrate_thresholds(model, x, y=None, max_accuracy_drop=0.005, *, confidenc
         matrix = matrix[~np.all(matrix > 1.0, axis=1)]
         order = np.concatenate([np.full((1, num_exits - 1), _cascade.NEVER_EXIT), matrix])
 
+    if reason is not None:
+        order = order[:1]  # never exit early: nothing is tested
     walked, selected, selected_risk = [], order[0], 0.0
     trivial = risk_kind == "macs" and epsilon >= 1.0
     for point in order[1:]:
@@ -686,7 +699,7 @@ def calibrate_thresholds(model, x, y=None, max_accuracy_drop=0.005, *, confidenc
     certified = risk_kind == "macs" or accepted > 0
 
     samples_needed = None
-    if not certified:
+    if not certified and reason is None:
         first = walked[0]["risk"] if walked else 0.0
         samples_needed = _samples_needed(first, epsilon, delta)
         unit = "groups" if groups is not None else "samples"
@@ -703,8 +716,10 @@ def calibrate_thresholds(model, x, y=None, max_accuracy_drop=0.005, *, confidenc
             why = (f"certifying even the most conservative early-exit setting at "
                    f"epsilon = {epsilon:g}, confidence {delta_conf:g} needs about "
                    f"{samples_needed:,} {unit} (observed risk {first:.4f}), not {units}")
+        reason = why
+    if not certified:
         warnings.warn(f"calibrate_thresholds: no early-exit setting could be certified: "
-                      f"{why}. The thresholds returned never exit early.", stacklevel=2)
+                      f"{reason}. The thresholds returned never exit early.", stacklevel=2)
 
     if trivial or (risk_kind == "macs" and not accepted):
         ucb = selected_risk if trivial else 0.0
@@ -731,6 +746,7 @@ def calibrate_thresholds(model, x, y=None, max_accuracy_drop=0.005, *, confidenc
     thresholds.num_samples = int(n)
     thresholds.groups = num_groups
     thresholds.samples_needed = samples_needed
+    thresholds.reason = reason
     thresholds.path_kind = path_kind
     thresholds.path = walked
     thresholds.max_accuracy_drop = float(epsilon) if risk_kind == "accuracy_drop" else None

@@ -1,6 +1,7 @@
 """The demo's calibration record: summary.json's promise and the report's sentence."""
 
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -27,6 +28,11 @@ def _probabilities(final_correct):
 @pytest.fixture(scope="module")
 def model():
     return EarlyExitCNN(NUM_CLASSES, (32, 32, 2), widths=(4, 8, 8, 8, 8))
+
+
+def _inputs(y):
+    """Stand-in inputs, one per label: the tests hand the calibrator their probabilities."""
+    return np.zeros((len(y), 32, 32, 2), "float32")
 
 
 def _calibrated(p, y, users):
@@ -65,10 +71,14 @@ def test_calibration_text_states_the_same_numbers():
 def test_calibrate_says_not_certified_when_the_final_exit_is_at_chance(model, monkeypatch):
     # 1 in 9 right: what a final exit that guesses gets.
     p, y, users = _probabilities(np.arange(USERS * PER_USER) % NUM_CLASSES == 0)
-    monkeypatch.setattr(metrics, "exit_probabilities", lambda model, x: p)
-    with pytest.raises(ValueError, match="at chance"):
-        _calibrated(p, y, users)
-    cal = demo._calibrate(model, None, y, users)
+    monkeypatch.setattr(metrics, "exit_probabilities", lambda *args: p)
+    with pytest.warns(UserWarning, match="at chance"):
+        cal = _calibrated(p, y, users)
+    # The demo asks the calibrator, and the report does not repeat its warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        asked = demo._calibrate(model, _inputs(y), y, users)
+    assert list(asked) == list(cal) and asked.reason == cal.reason
     assert list(cal) == [cascade.NEVER_EXIT] * 5
     assert cal.certified is False and "at chance" in cal.reason
     promise = demo._promise(cal)
@@ -76,6 +86,7 @@ def test_calibrate_says_not_certified_when_the_final_exit_is_at_chance(model, mo
     assert promise["risk"] == "accuracy_drop"
     counts = (promise["n"], promise["groups"], promise["num_samples"])
     assert counts == (USERS, USERS, USERS * PER_USER)
+    assert promise["reason"] == cal.reason
     assert promise["statement"].startswith("NOT certified") and cal.reason in promise["statement"]
     # The thresholds still drive a cascade: every sample goes to the final exit.
     _, exits = cascade.Cascade(model, threshold=cal).decide(p)
@@ -84,12 +95,12 @@ def test_calibrate_says_not_certified_when_the_final_exit_is_at_chance(model, mo
 
 def test_calibrate_certifies_as_the_calibrator_when_above_chance(model, monkeypatch):
     p, y, users = _probabilities(np.ones(USERS * PER_USER, bool))
-    monkeypatch.setattr(metrics, "exit_probabilities", lambda model, x: p)
-    cal = demo._calibrate(model, None, y, users)
+    monkeypatch.setattr(metrics, "exit_probabilities", lambda *args: p)
+    cal = demo._calibrate(model, _inputs(y), y, users)
     expected = calibration.calibrate_thresholds(
         model, None, y, 0.01, confidence=0.9, groups=users, probabilities=p)
     assert list(cal) == list(expected) and cal.certified and cal.bound == expected.bound
-    assert getattr(cal, "reason", None) is None
+    assert cal.reason is None
 
 
 def test_timing_progress_bar_runs_over_the_timed_samples(model, monkeypatch):

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import blob_task
 from keras_egt import callbacks, cascade, evaluation, recipe
-from keras_egt.calibration import calibrate_thresholds
+from keras_egt.calibration import CalibratedThresholds, calibrate_thresholds
+from keras_egt.cascade import NEVER_EXIT
 from keras_egt.checks import NonFiniteError, check_finite_outputs
 from test_case import tiny_cnn
 
@@ -72,8 +73,15 @@ def test_final_exit_at_chance_is_not_certified():
     probabilities = np.zeros((3, n, classes))
     probabilities[:, :, 0] = 1.0
     y = np.arange(n) % classes
-    with pytest.raises(ValueError, match="final exit is at chance"):
-        calibrate_thresholds(None, None, y, 0.01, confidence=0.9, probabilities=probabilities)
+    with pytest.warns(UserWarning, match="final exit is at chance"):
+        cal = calibrate_thresholds(None, None, y, 0.01, confidence=0.9,
+                                   probabilities=probabilities)
+    # Not certified, never exits early, nothing tested, and the record says why.
+    assert cal.certified is False and list(cal) == [NEVER_EXIT] * 3
+    assert cal.path == [] and cal.samples_needed is None
+    assert f"{n // classes}/{n} correct" in cal.reason
+    assert cal.reason in cal.describe() and cal.describe().startswith("NOT certified")
+    assert CalibratedThresholds.from_dict(cal.to_dict()).reason == cal.reason
     # The same outputs with labels the final exit gets right are calibrated as before.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -85,7 +93,7 @@ def test_final_exit_at_chance_is_not_certified():
 def test_chance_test_is_the_one_sided_binomial_at_the_calibration_level():
     from scipy import stats
 
-    from keras_egt.calibration import check_above_chance
+    from keras_egt.calibration import chance_reason
 
     n, classes, delta = 100, 4, 0.1
     # The smallest count that scipy's binomial test calls significant at delta passes;
@@ -94,10 +102,9 @@ def test_chance_test_is_the_one_sided_binomial_at_the_calibration_level():
              if stats.binomtest(k, n, 1 / classes, alternative="greater").pvalue <= delta)
     y = np.zeros(n, int)
     labels = np.where(np.arange(n) < k, 0, 1)
-    check_above_chance(labels, y, classes, delta)
+    assert chance_reason(labels, y, classes, delta) is None
     labels = np.where(np.arange(n) < k - 1, 0, 1)
-    with pytest.raises(ValueError, match="at chance"):
-        check_above_chance(labels, y, classes, delta)
+    assert f"{k - 1}/{n} correct" in chance_reason(labels, y, classes, delta)
 
 
 @pytest.mark.parametrize("rate", [math.inf, math.nan, -1e-3, 0.0])

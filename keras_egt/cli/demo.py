@@ -5,6 +5,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 
 from keras_egt import atomic
 from keras_egt.cli.train import MODEL_HELP, build_model, describe_model, parse_model, parse_widths
@@ -250,9 +251,8 @@ def _run_into(args, settings, architecture, out, final):
 def _calibrate(model, x, y, users):
     """Thresholds certified on the held-out users `users` (`calibrate_thresholds`).
 
-    When the final exit is at chance on them, no promise relative to it can hold:
-    rather than fail the whole demo after training, the thresholds returned never
-    exit early, are not certified, and carry the calibrator's reason in `reason`.
+    A final exit at chance is not a failure of the demo: the calibrator returns
+    thresholds that never exit early, not certified, with its `reason`.
 
     Args:
         model: the trained EGT model.
@@ -261,41 +261,24 @@ def _calibrate(model, x, y, users):
         users: their user ids (the bound runs over users).
 
     Returns:
-        A `CalibratedThresholds` (with `reason` set when the final exit is at chance).
+        A `CalibratedThresholds`.
 
     Example:
     >>> thresholds = _calibrate(model, x_cal, y_cal, users_cal)
     """
-    import numpy as np
+    from keras_egt import calibration
 
-    from keras_egt import calibration, metrics
-    from keras_egt.cascade import NEVER_EXIT
-
-    probabilities = metrics.exit_probabilities(model, x)
-    confidence = CALIBRATION["confidence"]
-    final_labels = probabilities[-1].argmax(-1)
-    try:
-        calibration.check_above_chance(final_labels, y, model.num_classes, 1.0 - confidence)
-    except ValueError as error:
-        groups = len(np.unique(users))
-        thresholds = calibration.CalibratedThresholds.from_dict({
-            "thresholds": [NEVER_EXIT] * model.num_exits, "criterion": "max_probability",
-            "objective": "min_macs", "risk": "accuracy_drop",
-            "epsilon": CALIBRATION["max_accuracy_drop"], "delta": 1.0 - confidence,
-            "confidence": confidence, "certified": False, "bound": None, "n": groups,
-            "num_samples": len(y), "groups": groups,
-            "max_accuracy_drop": CALIBRATION["max_accuracy_drop"],
-            "final_accuracy": float(np.mean(final_labels == y))})
-        thresholds.reason = str(error)
-        return thresholds
-    return calibration.calibrate_thresholds(
-        model, None, y, CALIBRATION["max_accuracy_drop"], confidence=confidence,
-        groups=users, probabilities=probabilities)
+    with warnings.catch_warnings():
+        # The report states the outcome; the calibrator's warning would say it twice.
+        warnings.simplefilter("ignore", UserWarning)
+        return calibration.calibrate_thresholds(
+            model, x, y, CALIBRATION["max_accuracy_drop"],
+            confidence=CALIBRATION["confidence"], groups=users)
 
 
 # What `calibrate_thresholds` records of its promise, under its own names.
 PROMISE_FIELDS = ("certified", "risk", "epsilon", "confidence", "delta", "bound", "n",
-                  "num_samples", "groups", "samples_needed", "criterion")
+                  "num_samples", "groups", "samples_needed", "reason", "criterion")
 
 
 def _promise(thresholds):
@@ -305,8 +288,8 @@ def _promise(thresholds):
         thresholds: what `_calibrate` returned.
 
     Returns:
-        A dict of `PROMISE_FIELDS`, plus `reason` (why nothing is certified when the
-        final exit is at chance, else None) and `statement` (`_promise_text`).
+        A dict of `PROMISE_FIELDS` (`reason` says why nothing is certified, else
+        None), plus `statement` (`describe()`).
 
     Example:
     >>> _promise(thresholds)["epsilon"]
@@ -314,17 +297,8 @@ def _promise(thresholds):
     """
     record = thresholds.to_dict()
     promise = {name: record[name] for name in PROMISE_FIELDS}
-    promise["reason"] = getattr(thresholds, "reason", None)
-    promise["statement"] = _promise_text(thresholds)
+    promise["statement"] = thresholds.describe()
     return promise
-
-
-def _promise_text(thresholds):
-    """One sentence: what is certified, at which confidence, on how many users."""
-    reason = getattr(thresholds, "reason", None)
-    if reason is None:
-        return thresholds.describe()
-    return f"NOT certified, never exits early: {reason}"
 
 
 def _tflm_labels(runner, x, threshold=None):
@@ -554,7 +528,7 @@ def _calibration_text(thresholds, calibrated):
     return (
         f"Per-exit thresholds {json.dumps([round(float(t), 4) for t in thresholds])}, calibrated on "
         f"{thresholds.num_samples} samples of {thresholds.groups} held-out users (in neither the "
-        f"training nor the test set): {_promise_text(thresholds)} Measured on the test users: "
+        f"training nor the test set): {thresholds.describe()} Measured on the test users: "
         f"{drop:.2f}-point drop ({100 * calibrated.accuracy:.2f}% vs "
         f"{100 * calibrated.final_accuracy:.2f}% without early exit), "
         f"{calibrated.mac_speedup:.2f}x MAC speedup."
