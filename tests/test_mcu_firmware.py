@@ -510,7 +510,9 @@ def test_firmware_from_an_installed_wheel(tiny_deploy, tmp_path):
     (wheel,) = wheels.glob("keras_egt-*.whl")
     assert run(sys.executable, "-m", "venv", "--system-site-packages", venv).returncode == 0
     python = _venv_python(venv)
-    installed = run(python, "-m", "pip", "install", "-q", "--no-deps", wheel)
+    # --ignore-installed: where keras-egt is already installed beside the system Python
+    # (CI's non-editable `pip install .`), pip would otherwise find it satisfied there.
+    installed = run(python, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", wheel)
     assert installed.returncode == 0, installed.stderr[-2000:]
     # The checkout must not be importable: cwd and PYTHONPATH outside it.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
