@@ -51,6 +51,8 @@ import warnings
 
 import _common
 
+from keras_egt import defaults
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "cascade.json")
 STUDY_RESULTS = os.path.join(HERE, "results", "calibration.json")
@@ -504,8 +506,8 @@ def main(argv=None):
                         help="calibration: allowed drop below exit 5, fraction (default 0.005)")
     parser.add_argument("--timing-samples", type=int, default=300,
                         help="test samples timed at batch 1 (default 300)")
-    parser.add_argument("--num-train", type=int, default=1363)
-    parser.add_argument("--num-test", type=int, default=1364)
+    parser.add_argument("--num-train", type=int, default=defaults.NUM_TRAIN)
+    parser.add_argument("--num-test", type=int, default=defaults.NUM_TEST)
     parser.add_argument("--num-users", type=int, default=300,
                         help="held-out calibration users (default 300; --study: 2000)")
     parser.add_argument("--samples-per-user", type=int, default=5,

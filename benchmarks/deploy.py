@@ -35,6 +35,8 @@ import time
 
 import _common
 
+from keras_egt import defaults
+
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -430,8 +432,8 @@ def main(argv=None):
     parser.add_argument("--qat-epochs", type=int, default=3, help="0 skips QAT")
     parser.add_argument("--qat-learning-rate", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-train", type=int, default=1363)
-    parser.add_argument("--num-test", type=int, default=1364)
+    parser.add_argument("--num-train", type=int, default=defaults.NUM_TRAIN)
+    parser.add_argument("--num-test", type=int, default=defaults.NUM_TEST)
     parser.add_argument("--keep", default=None, help="copy the deploy folders here")
     parser.add_argument("--output", default=RESULTS)
     parser.add_argument("--quick", action="store_true",

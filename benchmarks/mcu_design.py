@@ -56,8 +56,8 @@ def run(name, stages, epochs, seed=0, lam=0.3):
     model = egt.EarlyExitMCU(radar_gestures.NUM_CLASSES, x_train.shape[1:], stages=stages,
                              consistency_weight=lam)
     start = time.time()
-    egt.recipe.fit(model, x_train, y_train, epochs=epochs, batch_size=32,
-                   decay_every=max(1, round(epochs * 15 / 50)), verbose=0)
+    egt.recipe.fit(model, x_train, y_train, epochs=epochs,
+                   decay_every=egt.defaults.decay_every(epochs), verbose=0)
     train_s = time.time() - start
     report = egt.evaluate(model, x_test, y_test, threshold=0.9, timing=False)
     estimate = budget.estimate_deployment(model)

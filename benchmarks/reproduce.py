@@ -28,6 +28,8 @@ import time
 
 import _common
 
+from keras_egt import defaults
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "reproduction.json")
 TABLE_I_PLUS = os.path.join(HERE, "results", "table_i_plus.json")
@@ -319,8 +321,8 @@ def main(argv=None):
     parser.add_argument("--lambdas", default="0,0.1,0.2,0.3,0.4,0.5")
     parser.add_argument("--threshold", type=float, default=0.9)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-train", type=int, default=1363)
-    parser.add_argument("--num-test", type=int, default=1364)
+    parser.add_argument("--num-train", type=int, default=defaults.NUM_TRAIN)
+    parser.add_argument("--num-test", type=int, default=defaults.NUM_TEST)
     parser.add_argument("--timing", action="store_true", help="also time batch-1 inference (meaningful on the target CPU only)")
     parser.add_argument("--save-models", help="folder to save the models whose λ is in --keep")
     parser.add_argument("--keep", default="0,0.3", help="λ values whose models --save-models keeps")

@@ -11,9 +11,9 @@ import sys
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("arch_search", "atomic", "budget", "calibration", "callbacks", "cascade", "cnn", "compiled_cascade", "costs", "datasets",
-               "evaluation", "explanations", "export", "layers", "losses", "mcu", "metrics", "model", "plots", "recipe",
-               "stages", "tuning")
+_SUBMODULES = ("arch_search", "atomic", "budget", "calibration", "callbacks", "cascade", "cnn", "compiled_cascade", "costs", "datasets", "defaults", "exit_rule",
+               "evaluation", "explanations", "export", "layers", "losses", "mcu", "mcu_stages", "metrics", "model", "plots", "recipe",
+               "stages", "timing", "tuning")
 
 # Public name -> the module that defines it.
 _NAMES = {

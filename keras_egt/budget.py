@@ -32,6 +32,8 @@ import numpy as np
 from keras import layers as keras_layers
 from keras import ops
 
+from keras_egt.mcu_stages import parse_block, resolve_stages
+
 __all__ = ["ArchitectureTooLarge", "BudgetExceeded", "architecture_figures",
            "check_architecture", "check_budget", "estimate_deployment", "parse_bytes"]
 
@@ -262,15 +264,15 @@ def _block_figures(block, shape):
     values per channel) and ReLU (fused in int8, not counted), `p` a 2x2 max pool.
     """
     h, w, c = shape
-    filters = int(block[1:].rstrip("p"))
-    if block[0] == "c":
+    kind, filters, pool = parse_block(block)
+    if kind == "c":
         parameters, macs = 9 * c * filters + 4 * filters, h * w * 9 * c * filters
         elements = h * w * filters
     else:
         parameters = 9 * c + 4 * c + c * filters + 4 * filters
         macs = h * w * 9 * c + h * w * c * filters
         elements = h * w * c + h * w * filters
-    if block.endswith("p"):
+    if pool:
         h, w = h // 2, w // 2
         elements += h * w * filters
     return parameters, macs, elements, (h, w, filters)
@@ -285,7 +287,7 @@ def architecture_figures(stages, input_shape):
 
     Args:
         stages: an `EarlyExitMCU` stages argument (`"c8p s16p | c64"`, a preset name
-            or nested lists; see `keras_egt.mcu.resolve_stages`).
+            or nested lists; see `keras_egt.mcu_stages.resolve_stages`).
         input_shape: `(height, width, channels)`.
 
     Returns:
@@ -297,8 +299,6 @@ def architecture_figures(stages, input_shape):
     >>> architecture_figures("c8p | c16", (32, 32, 2))["parameters"]
     1392
     """
-    from keras_egt.mcu import resolve_stages  # keras_egt.mcu builds models: lazily
-
     stages = resolve_stages(stages)
     shape = tuple(int(d) for d in input_shape)
     parameters, macs, elements = 0, 0, math.prod(shape)

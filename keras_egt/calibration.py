@@ -67,7 +67,7 @@ import warnings
 import numpy as np
 
 from keras_egt import atomic, costs, metrics
-from keras_egt import cascade as _cascade
+from keras_egt import exit_rule as _rule
 from keras_egt.checks import check_finite_outputs, check_fraction, check_labels, check_number
 
 __all__ = [
@@ -240,8 +240,8 @@ def shared_threshold_path(grid=None):
     grid = np.asarray(grid, np.float64).reshape(-1)
     if grid.size == 0 or not np.all(np.isfinite(grid)):
         raise ValueError("the threshold grid must be a non-empty list of finite numbers.")
-    grid = np.unique(grid[grid < _cascade.NEVER_EXIT])[::-1]
-    return np.concatenate([[_cascade.NEVER_EXIT], grid])
+    grid = np.unique(grid[grid < _rule.NEVER_EXIT])[::-1]
+    return np.concatenate([[_rule.NEVER_EXIT], grid])
 
 
 def _path_matrix(path, num_early):
@@ -264,19 +264,7 @@ def _path_matrix(path, num_early):
 
 def _full(thresholds):
     """Early-exit thresholds plus the ignored last one."""
-    return [float(v) for v in thresholds] + [_cascade.NEVER_EXIT]
-
-
-def _summary(exits, correct_at_exit, exit_macs, final_macs, num_exits):
-    shares = np.bincount(exits, minlength=num_exits) / max(1, len(exits))
-    out = {"accuracy": None if correct_at_exit is None else float(np.mean(correct_at_exit)),
-           "average_macs": None, "speedup": None,
-           "exit_shares": [float(v) for v in shares]}
-    if exit_macs is not None:
-        average = float(np.mean(np.asarray(exit_macs, np.float64)[exits]))
-        out["average_macs"] = average
-        out["speedup"] = final_macs / average if average else float("nan")
-    return out
+    return [float(v) for v in thresholds] + [_rule.NEVER_EXIT]
 
 
 def threshold_curve(probabilities, y, exit_macs, final_macs, grid=None,
@@ -300,13 +288,13 @@ def threshold_curve(probabilities, y, exit_macs, final_macs, grid=None,
     probabilities = np.asarray(probabilities)
     y = np.asarray(y).reshape(-1)
     if grid is None:
-        grid = list(np.round(np.linspace(0.0, 1.0, 101), 2)) + [_cascade.NEVER_EXIT]
+        grid = list(np.round(np.linspace(0.0, 1.0, 101), 2)) + [_rule.NEVER_EXIT]
     num_exits = probabilities.shape[0]
     out = []
     for t in grid:
-        labels, exits = _cascade.decide(probabilities, _full([t] * (num_exits - 1)), criterion)
+        labels, exits = _rule.decide(probabilities, _full([t] * (num_exits - 1)), criterion)
         point = {"threshold": float(t)}
-        point.update(_summary(exits, labels == y, exit_macs, final_macs, num_exits))
+        point.update(_rule.exit_summary(exits, num_exits, labels == y, exit_macs, final_macs))
         out.append(point)
     return out
 
@@ -545,7 +533,7 @@ def calibrate_thresholds(model, x, y=None, max_accuracy_drop=0.005, *, confidenc
       ignored).
 
     The exits' probabilities are computed once; the walk along the path runs in
-    numpy on them, with the cascade's own exit rule (`keras_egt.cascade.decide`).
+    numpy on them, with the cascade's own exit rule (`keras_egt.exit_rule.decide`).
 
     Args:
         model: an early-exit model (for the probabilities and the MAC costs), or
@@ -581,7 +569,7 @@ def calibrate_thresholds(model, x, y=None, max_accuracy_drop=0.005, *, confidenc
     >>> cascade = Cascade(model, threshold=cal)
     >>> field = calibrate_thresholds(model, x_field, None, max_disagreement=0.01)
     """
-    _cascade.resolve_criterion(None, criterion)
+    _rule.resolve_criterion(None, criterion)
     delta_conf = float(confidence)
     if not 0.0 < delta_conf < 1.0:
         raise ValueError(
@@ -676,21 +664,21 @@ def calibrate_thresholds(model, x, y=None, max_accuracy_drop=0.005, *, confidenc
     else:
         # Most conservative first: never exiting early has zero risk by construction.
         matrix = matrix[~np.all(matrix > 1.0, axis=1)]
-        order = np.concatenate([np.full((1, num_exits - 1), _cascade.NEVER_EXIT), matrix])
+        order = np.concatenate([np.full((1, num_exits - 1), _rule.NEVER_EXIT), matrix])
 
     if reason is not None:
         order = order[:1]  # never exit early: nothing is tested
     walked, selected, selected_risk = [], order[0], 0.0
     trivial = risk_kind == "macs" and epsilon >= 1.0
     for point in order[1:]:
-        labels, exits = _cascade.decide(probabilities, _full(point), criterion)
+        labels, exits = _rule.decide(probabilities, _full(point), criterion)
         risk = observed(losses(labels, exits))
         p_value = 0.0 if trivial else hoeffding_bentkus_pvalue(risk, units, epsilon)
         passed = p_value <= delta
         walked.append({
             "thresholds": [float(v) for v in point], "risk": risk, "p_value": p_value,
             "passed": bool(passed),
-            "average_macs": None if exit_macs is None else float(exit_macs[exits].mean()),
+            "average_macs": None if exit_macs is None else _rule.average_cost(exits, exit_macs),
         })
         if not passed:
             break
@@ -726,11 +714,11 @@ def calibrate_thresholds(model, x, y=None, max_accuracy_drop=0.005, *, confidenc
     else:
         ucb = upper_confidence_bound(selected_risk, units, delta) if certified else 0.0
     thresholds = CalibratedThresholds(_full(selected))
-    labels, exits = _cascade.decide(probabilities, thresholds, criterion)
+    labels, exits = _rule.decide(probabilities, thresholds, criterion)
     rows = np.arange(n)
     correct = None if y is None else np.argmax(probabilities, -1) == y[None]
-    summary = _summary(exits, None if y is None else labels == y, exit_macs, final_macs,
-                       num_exits)
+    summary = _rule.exit_summary(exits, num_exits, None if y is None else labels == y,
+                                 exit_macs, final_macs)
     thresholds.criterion = criterion
     thresholds.objective = "max_accuracy" if risk_kind == "macs" else "min_macs"
     thresholds.risk = risk_kind
@@ -762,10 +750,9 @@ def calibrate_thresholds(model, x, y=None, max_accuracy_drop=0.005, *, confidenc
     thresholds.oracle = None
     thresholds.curve = None
     if y is not None and exit_macs is not None:
-        # The oracle: every sample at its earliest correct exit, else the last.
-        oracle = np.argmax(np.concatenate([correct[:-1], np.ones((1, n), bool)]), axis=0)
-        thresholds.oracle = _summary(oracle, correct[oracle, rows], exit_macs, final_macs,
-                                     num_exits)
+        oracle = _rule.oracle_exits(correct)
+        thresholds.oracle = _rule.exit_summary(oracle, num_exits, correct[oracle, rows],
+                                               exit_macs, final_macs)
         thresholds.curve = threshold_curve(probabilities, y, exit_macs, final_macs,
                                            criterion=criterion)
     return thresholds

@@ -12,7 +12,7 @@ Both confidences lie in [0, 1] and a *higher* threshold is *stricter* for both: 
 threshold of 0 sends every sample out at exit 1, a threshold above 1 sends every
 sample on to the final exit K (`NEVER_EXIT`). The final exit takes whatever reaches
 it, so its threshold is ignored. This is the rule the int8 runtimes implement
-(`tflite/egt_cascade.c`: `max(q) >= threshold_int8`).
+(`keras_egt/export/kit/egt_cascade.c`: `max(q) >= threshold_int8`).
 
 **Exit indices** are 0-based throughout the Python API: `exits[i] == 0` means sample
 i left at the paper's "Exit 1", `K - 1` at the final exit ("Exit 5" for the paper's
@@ -37,6 +37,7 @@ from keras_egt.checks import check_finite_outputs, check_inputs
 from keras_egt.exit_rule import (  # noqa: F401  (the exit rule, re-exported)
     CRITERIA,
     NEVER_EXIT,
+    average_cost,
     confidence,
     decide,
     exit_shares,
@@ -51,6 +52,7 @@ __all__ = [
     "CRITERIA",
     "NEVER_EXIT",
     "Cascade",
+    "average_cost",
     "confidence",
     "decide",
     "exit_shares",
@@ -62,10 +64,6 @@ __all__ = [
 ]
 
 DEFAULT_BATCH_SIZE = 64
-
-
-def _average(exits, exit_macs):
-    return float(np.mean(np.asarray(exit_macs, np.float64)[exits])) if len(exits) else 0.0
 
 
 class Cascade:
@@ -162,7 +160,7 @@ class Cascade:
 
     def average_macs(self, exits):
         """Mean MACs per sample of samples leaving at `exits` (0-based)."""
-        return _average(np.asarray(exits, np.int64), costs.exit_macs(self.model))
+        return average_cost(exits, costs.exit_macs(self.model))
 
     def speedup(self, exits):
         """MAC speedup of the cascade vs the model without early exit."""
@@ -171,16 +169,3 @@ class Cascade:
     def __repr__(self):
         t = ", ".join(f"{v:g}" for v in self.thresholds[:-1])
         return f"Cascade(thresholds=[{t}], criterion={self.criterion!r})"
-
-
-_MOVED = ("CalibratedThresholds", "calibrate_thresholds", "threshold_curve")
-
-
-def __getattr__(name):
-    # Calibration moved to keras_egt.calibration; the old names keep working. Lazy,
-    # because keras_egt.calibration imports this module.
-    if name in _MOVED:
-        from keras_egt import calibration
-
-        return getattr(calibration, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

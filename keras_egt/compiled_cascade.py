@@ -10,7 +10,7 @@ conditional, and so on. A sample that leaves at exit 1 costs stage 1, head 1 and
 dispatch. On PyTorch the same function runs eagerly under `torch.no_grad()` and the
 conditional is a Python `if`.
 
-The exit test is the cascade's rule (`keras_egt.cascade.should_exit`):
+The exit test is the cascade's rule (`keras_egt.exit_rule.should_exit`):
 `confidence(softmax(logits_k)) >= threshold_k` with the same two criteria and the
 thresholds of `resolve_thresholds`, written in `keras.ops` so it runs inside the graph.
 It computes in float32 where `should_exit` uses float64, so a confidence within
@@ -26,13 +26,13 @@ import numpy as np
 from keras import ops
 
 from keras_egt import metrics
-from keras_egt.cascade import resolve_criterion, resolve_thresholds
+from keras_egt.exit_rule import resolve_criterion, resolve_thresholds
 
 __all__ = ["CompiledCascade", "graph_confidence"]
 
 
 def graph_confidence(logits, criterion="max_probability"):
-    """`cascade.confidence` of `softmax(logits)`, in `keras.ops` (traceable).
+    """`exit_rule.confidence` of `softmax(logits)`, in `keras.ops` (traceable).
 
     Args:
         logits: tensor `(..., num_classes)`.

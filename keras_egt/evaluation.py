@@ -35,9 +35,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_egt import atomic, costs, metrics
+from keras_egt import atomic, calibration, costs, exit_rule, metrics
 from keras_egt import cascade as egt_cascade
 from keras_egt.checks import check_finite_outputs, check_labels
+from keras_egt.timing import SUMMARY_FIELDS, interleaved, sample_count
 
 __all__ = ["Report", "compare_markdown", "evaluate", "time_per_sample"]
 
@@ -80,7 +81,7 @@ class Report:
         mac_ratio_to_oracle: `average_macs / oracle["average_macs"]`.
         timing: None, or `samples`, `ms_with_early_exit`, `ms_without_early_exit`,
             `speedup`, `backend`, `timed_exit_shares`.
-        curve: the shared-threshold accuracy/cost curve (`cascade.threshold_curve`).
+        curve: the shared-threshold accuracy/cost curve (`calibration.threshold_curve`).
     """
 
     name: str
@@ -331,20 +332,15 @@ def _timed_paths(model, thresholds, criterion, compiled):
         from keras_egt.compiled_cascade import CompiledCascade
 
         run = CompiledCascade(model, thresholds, criterion)
-
-        def with_early_exit(sample):
-            label, k = run(sample)
-            return k, label
-
-        return with_early_exit, without_early_exit, with_early_exit
+        return run, without_early_exit, run
 
     def with_early_exit(sample):
         h = ops.convert_to_tensor(sample, dtype=model.compute_dtype)
         for k in range(model.num_exits):
             h, logits = stages[k](h)
             p = metrics.softmax(logits)  # reads the value: waits for the computation
-            if k == last or egt_cascade.should_exit(p, thresholds[k], criterion)[0]:
-                return k, int(np.argmax(p[0]))
+            if k == last or exit_rule.should_exit(p, thresholds[k], criterion)[0]:
+                return int(np.argmax(p[0])), k
 
     def every_stage(sample):
         # Warm-up: traces and runs every segment, whichever exit the sample would take.
@@ -389,9 +385,7 @@ def time_per_sample(model, x, threshold=0.9, criterion=None,
     rule = egt_cascade.Cascade(model, threshold, criterion)
     thresholds, criterion = rule.thresholds, rule.criterion
     x = np.asarray(x)
-    count = min(int(samples), len(x))
-    if count < 1:
-        raise ValueError("Timing needs at least one sample (timing_samples >= 1).")
+    count = sample_count(samples, x)
     with_early_exit, without_early_exit, every_stage = _timed_paths(
         model, thresholds, criterion, compiled)
     for i in range(max(1, min(int(warmup), len(x)))):
@@ -399,35 +393,14 @@ def time_per_sample(model, x, threshold=0.9, criterion=None,
         every_stage(sample)
         with_early_exit(sample)
         without_early_exit(sample)
-    early, full, exits = [], [], []
-    clock = time.perf_counter
     progress = keras.utils.Progbar(count, unit_name="sample") if verbose else None
-    for i in range(count):
-        sample = x[i : i + 1]
-        for path in ((0, 1) if i % 2 == 0 else (1, 0)):
-            start = clock()
-            if path == 0:
-                exits.append(with_early_exit(sample)[0])
-                early.append(clock() - start)
-            else:
-                without_early_exit(sample)
-                full.append(clock() - start)
-        if progress is not None:
-            # Outside the clocked span: drawing the bar is not the model's time.
-            progress.update(i + 1)
-    shares = egt_cascade.exit_shares(exits, model.num_exits)
-    mean_early, mean_full = float(np.mean(early)), float(np.mean(full))
+    result = interleaved(with_early_exit, without_early_exit, x, count, time.perf_counter,
+                         progress)
     return {
-        "samples": count,
-        "ms_with_early_exit": 1e3 * mean_early,
-        "ms_without_early_exit": 1e3 * mean_full,
-        "speedup": mean_full / mean_early if mean_early > 0 else float("nan"),
-        # Medians resist the scheduler's stalls on a busy host.
-        "ms_with_early_exit_median": 1e3 * float(np.median(early)),
-        "ms_without_early_exit_median": 1e3 * float(np.median(full)),
+        **{key: result[key] for key in SUMMARY_FIELDS},
         "backend": keras.backend.backend(),
         "compiled": bool(compiled),
-        "timed_exit_shares": shares,
+        "timed_exit_shares": exit_rule.exit_shares(result["exits"], model.num_exits),
     }
 
 
@@ -493,10 +466,8 @@ def evaluate(model, x, y, threshold=0.9, criterion=None, timing=True,
     final_macs = int(costs.final_only_macs(model))
 
     labels, exits = cascade.decide(outputs.probabilities)
-    shares = egt_cascade.exit_shares(exits, model.num_exits)
-    average = float(np.mean(np.asarray(exit_macs, np.float64)[exits]))
-    oracle = egt_cascade.oracle_exits(correct)
-    oracle_macs = float(np.mean(np.asarray(exit_macs, np.float64)[oracle]))
+    figures = exit_rule.exit_summary(exits, model.num_exits, labels == y, exit_macs, final_macs)
+    oracle = exit_rule.oracle_exits(correct)
     report = Report(
         name=name or default_name(model),
         num_samples=len(y),
@@ -511,21 +482,17 @@ def evaluate(model, x, y, threshold=0.9, criterion=None, timing=True,
         chance_consistency_avg=float(np.mean(chance)),
         corrected_consistency=metrics.chance_corrected(consistency, chance),
         corrected_consistency_avg=float(np.mean(metrics.chance_corrected(consistency, chance))),
-        accuracy=float(np.mean(labels == y)),
+        accuracy=figures["accuracy"],
         final_accuracy=float(correct[-1].mean()),
-        exit_shares=shares,
+        exit_shares=figures["exit_shares"],
         exit_macs=exit_macs,
         final_only_macs=final_macs,
-        average_macs=average,
-        mac_speedup=final_macs / average,
-        oracle={
-            "accuracy": float(correct[oracle, rows].mean()),
-            "average_macs": oracle_macs,
-            "speedup": final_macs / oracle_macs,
-            "exit_shares": egt_cascade.exit_shares(oracle, model.num_exits),
-        },
-        mac_ratio_to_oracle=average / oracle_macs,
-        curve=egt_cascade.threshold_curve(outputs.probabilities, y, exit_macs, final_macs,
+        average_macs=figures["average_macs"],
+        mac_speedup=figures["speedup"],
+        oracle=exit_rule.exit_summary(oracle, model.num_exits, correct[oracle, rows], exit_macs,
+                                      final_macs),
+        mac_ratio_to_oracle=figures["average_macs"] / exit_rule.average_cost(oracle, exit_macs),
+        curve=calibration.threshold_curve(outputs.probabilities, y, exit_macs, final_macs,
                                           criterion=criterion),
     )
     if timing:

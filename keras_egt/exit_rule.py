@@ -11,20 +11,25 @@ sample out at exit 1, a threshold above 1 (`NEVER_EXIT`, `inf`) never exits, and
 final exit takes whatever reaches it. The float cascade (`keras_egt.cascade`), its
 compiled batch-1 path, the timing paths, calibration and the int8 runtimes
 (`keras_egt.export.runtime`, on int8 probabilities against int8 thresholds) all
-decide through `should_exit` / `first_exit`, and thresholds are resolved by
-`resolve_thresholds` alone. `tflite/egt_cascade.c` is the device's copy, tested equal.
-This module imports neither Keras nor a backend, so a deploy folder runs without them.
+decide through `should_exit` / `first_exit`, float thresholds are resolved by
+`resolve_thresholds` and int8 ones by `int8_thresholds` alone, and the cost and
+exit-share figures of every report come from `exit_summary`.
+`keras_egt/export/kit/egt_cascade.c` is the device's copy, tested equal. This module
+imports neither Keras nor a backend, so a deploy folder runs without them.
 """
 
 import math
 
 import numpy as np
 
-__all__ = ["CRITERIA", "NEVER_EXIT", "check_threshold", "confidence", "decide", "exit_shares",
-           "first_exit", "oracle_exits", "resolve_criterion", "resolve_thresholds",
-           "should_exit"]
+__all__ = ["CRITERIA", "INT8_CRITERION", "NEVER_EXIT", "average_cost", "check_int8_criterion",
+           "check_threshold", "confidence", "decide",
+           "exit_shares", "exit_summary", "first_exit", "int8_threshold", "int8_thresholds",
+           "oracle_exits", "resolve_criterion", "resolve_thresholds", "should_exit"]
 
 CRITERIA = ("max_probability", "entropy")
+# The int8 runtimes and the C driver compare the largest int8 probability.
+INT8_CRITERION = "max_probability"
 # Any threshold above 1 never fires (confidences lie in [0, 1]); 2.0 stays a plain
 # JSON number, unlike inf.
 NEVER_EXIT = 2.0
@@ -247,3 +252,123 @@ def exit_shares(exits, num_exits):
     """Fraction of samples leaving at each of the `num_exits` exits (0-based `exits`)."""
     exits = np.asarray(exits, np.int64)
     return [float(v) for v in np.bincount(exits, minlength=num_exits) / max(1, len(exits))]
+
+
+def average_cost(exits, exit_costs):
+    """Mean cost per sample of samples leaving at `exits` (0-based); 0 for no sample.
+
+    Args:
+        exits: int array `(n,)` of 0-based exits.
+        exit_costs: the K costs of leaving at each exit (`costs.exit_macs`, or
+            instructions, or seconds).
+
+    Returns:
+        A float.
+
+    Example:
+    >>> average_cost(np.array([0, 2]), [10, 20, 40])
+    25.0
+    """
+    exits = np.asarray(exits, np.int64)
+    return float(np.mean(np.asarray(exit_costs, np.float64)[exits])) if len(exits) else 0.0
+
+
+def exit_summary(exits, num_exits, correct=None, exit_costs=None, final_cost=None):
+    """The figures every report gives of a set of exit decisions.
+
+    Args:
+        exits: int array `(n,)` of 0-based exits (a cascade's, or `oracle_exits`).
+        num_exits: K.
+        correct: optional bool array `(n,)`, whether each sample's label is right.
+        exit_costs: optional K costs of leaving at each exit.
+        final_cost: the cost without early exit (needed with `exit_costs`).
+
+    Returns:
+        A dict: `accuracy` (None without `correct`), `average_macs` and `speedup`
+        (`final_cost / average_macs`; None without `exit_costs`), `exit_shares`.
+
+    Example:
+    >>> exit_summary(np.array([0, 2]), 3, np.array([True, False]), [10, 20, 40], 40)
+    {'accuracy': 0.5, 'average_macs': 25.0, 'speedup': 1.6, 'exit_shares': [0.5, 0.0, 0.5]}
+    """
+    out = {"accuracy": None if correct is None else float(np.mean(correct)),
+           "average_macs": None, "speedup": None,
+           "exit_shares": exit_shares(exits, num_exits)}
+    if exit_costs is not None:
+        average = average_cost(exits, exit_costs)
+        out["average_macs"] = average
+        out["speedup"] = float(final_cost) / average if average else float("nan")
+    return out
+
+
+def int8_threshold(threshold, scale, zero_point):
+    """A probability threshold in the int8 domain of a softmax output.
+
+    Exit k fires iff `max_i q_i >= int8_threshold(t, scale, zero_point)`, where q
+    are the int8 probabilities: `ceil(t / scale + zero_point)`, clamped to
+    [-128, 128]. 128 never fires (t above every representable probability), -128
+    always fires. For TFLite's int8 softmax (scale 1/256, zero point -128) and
+    t = 0.9: `ceil(230.4 - 128) = 103`, i.e. p >= 231/256.
+
+    Args:
+        threshold: the probability threshold t (any finite number; above 1 never
+            exits, 0 or below always does).
+        scale: scale of the int8 probabilities.
+        zero_point: their zero point.
+
+    Returns:
+        An int in [-128, 128].
+
+    Example:
+    >>> int8_threshold(0.9, 1 / 256, -128)
+    103
+    """
+    threshold, scale = check_threshold(threshold), float(scale)
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a positive number, got {scale}.")
+    if math.isinf(threshold):
+        return 128 if threshold > 0 else -128
+    return int(min(max(math.ceil(threshold / scale + int(zero_point)), -128), 128))
+
+
+def check_int8_criterion(threshold):
+    """A one-line ValueError if `threshold` was calibrated for a criterion int8 cannot run.
+
+    Args:
+        threshold: a number, a sequence, or `calibrate_thresholds`' result.
+
+    Example:
+    >>> check_int8_criterion(0.9)
+    """
+    criterion = resolve_criterion(threshold)
+    if criterion != INT8_CRITERION:
+        raise ValueError(
+            f"These thresholds were calibrated for criterion {criterion!r}; the int8 "
+            f"cascade (LiteRT, TFLM and the C driver) exits on the max probability only. "
+            f"Calibrate with criterion={INT8_CRITERION!r} for export."
+        )
+
+
+def int8_thresholds(threshold, quantization):
+    """Every segment's int8 exit test: `resolve_thresholds`, then `int8_threshold`.
+
+    The one place int8 thresholds are resolved: the export writes them into the
+    manifest, the manifest check recomputes them, and the runners use them for a
+    threshold other than the exported one.
+
+    Args:
+        threshold: as `resolve_thresholds` (one number, or one per early exit).
+        quantization: K pairs `(scale, zero_point)` of each segment's int8
+            probabilities (the last is not used: the final segment always exits).
+
+    Returns:
+        A list of K values: K - 1 ints, then None.
+
+    Example:
+    >>> int8_thresholds(0.9, [(1 / 256, -128)] * 3)
+    [103, 103, None]
+    """
+    check_int8_criterion(threshold)
+    values = resolve_thresholds(threshold, len(quantization))
+    return [int8_threshold(t, scale, zero_point)
+            for t, (scale, zero_point) in zip(values[:-1], quantization[:-1])] + [None]

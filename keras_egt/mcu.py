@@ -28,7 +28,7 @@ in `benchmarks/results/mcu_design.jsonl`, made by `benchmarks/mcu_design.py`):
   TFLM's interpreter the cascade takes 2.43x less batch-1 time than the same int8
   model run to its final exit (`benchmarks/mcu.py`).
 
-A stage is a list of blocks written as short strings:
+A stage is a list of blocks written as short strings (`keras_egt.mcu_stages`):
 
 | block | layers |
 |---|---|
@@ -40,71 +40,15 @@ All of them map to int8 TFLite builtins that TFLM and CMSIS-NN run (batch norm
 folds into the conv, ReLU fuses into it).
 """
 
-import re
-
 import keras
 
 from keras_egt import layers as egt_layers
 from keras_egt.budget import check_architecture
 from keras_egt.checks import check_number
+from keras_egt.mcu_stages import MCU_PRESETS, parse_block, resolve_stages
 from keras_egt.model import EarlyExitModel
 
 __all__ = ["MCU_PRESETS", "EarlyExitMCU", "mcu_backbone", "resolve_stages"]
-
-MCU_PRESETS = {
-    # Four exits; see the module docstring and benchmarks/mcu_design.py.
-    "mcu": (("c8p", "s16p", "s32p"), ("c64",), ("c96",), ("c96p",)),
-}
-
-_BLOCK = re.compile(r"^([cs])([1-9][0-9]*)(p?)$")
-
-
-def resolve_stages(stages):
-    """Turns a preset name, a `"c8p s16p | c64"` string or nested lists into stages.
-
-    Args:
-        stages: a key of `MCU_PRESETS`, a string of blocks with stages separated by
-            `"|"`, or a sequence of stages, each a sequence of block strings (see
-            the module docstring).
-
-    Returns:
-        A tuple of stages, each a tuple of block strings; at least 2 stages.
-
-    Example:
-    >>> resolve_stages("c8p s16p | c32p | c64")
-    (('c8p', 's16p'), ('c32p',), ('c64',))
-    """
-    if isinstance(stages, str):
-        if stages in MCU_PRESETS:
-            return MCU_PRESETS[stages]
-        if not re.search(r"[|\s]", stages.strip()) and not _BLOCK.match(stages.strip()):
-            raise ValueError(
-                f"Unknown MCU preset {stages!r}; use one of {sorted(MCU_PRESETS)} or blocks "
-                "such as 'c8p s16p s32p | c64 | c96p | c128'."
-            )
-        stages = [part.split() for part in stages.split("|")]
-    try:
-        stages = tuple(tuple(str(block) for block in stage) for stage in stages)
-    except TypeError:
-        raise ValueError(
-            f"stages must be a preset name, a block string or a list of stages (lists of "
-            f"block strings), got {stages!r}."
-        ) from None
-    for stage in stages:
-        for block in stage:
-            if not _BLOCK.match(block):
-                raise ValueError(
-                    f"Unknown block {block!r}: write 'c<filters>' (3x3 conv), 's<filters>' "
-                    "(depthwise-separable) with an optional trailing 'p' (2x2 max pooling), "
-                    "e.g. 'c8p' or 's32'."
-                )
-    if len(stages) < 2 or any(not stage for stage in stages):
-        raise ValueError(
-            f"stages must hold at least 2 non-empty stages (one exit after each), got "
-            f"{stages!r}."
-        )
-    return stages
-
 
 def _pools(stages):
     return sum(block.endswith("p") for stage in stages for block in stage)
@@ -150,7 +94,7 @@ def mcu_backbone(input_shape, stages="mcu", batchnorm_momentum=egt_layers.BATCH_
     x = inputs
     for k, stage in enumerate(stages, start=1):
         for j, block in enumerate(stage, start=1):
-            kind, filters, pool = _BLOCK.match(block).groups()
+            kind, filters, pool = parse_block(block)
             name = f"stage_{k}_block_{j}"
             last = j == len(stage)
             out_name = f"stage_{k}" if last and not pool else f"{name}_relu"
@@ -159,11 +103,11 @@ def mcu_backbone(input_shape, stages="mcu", batchnorm_momentum=egt_layers.BATCH_
                                                  name=f"{name}_dw", **options)(x)
                 x = keras.layers.BatchNormalization(name=f"{name}_dw_bn", **norm)(x)
                 x = keras.layers.ReLU(name=f"{name}_dw_relu", **options)(x)
-                x = keras.layers.Conv2D(int(filters), 1, use_bias=False, name=f"{name}_pw",
+                x = keras.layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_pw",
                                         **options)(x)
             else:
                 # No conv bias: batch norm's beta plays that role (and folds away at export).
-                x = keras.layers.Conv2D(int(filters), 3, padding="same", use_bias=False,
+                x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False,
                                         name=f"{name}_conv", **options)(x)
             x = keras.layers.BatchNormalization(name=f"{name}_bn", **norm)(x)
             x = keras.layers.ReLU(name=out_name, **options)(x)

@@ -9,15 +9,11 @@ import keras
 
 from keras_egt.callbacks import StepDecay, StopOnNonFinite
 from keras_egt.checks import NonFiniteError, check_number
+from keras_egt.defaults import BATCH_SIZE, DECAY_EVERY, DECAY_FACTOR, EPOCHS, LEARNING_RATE
 
 __all__ = ["BATCH_SIZE", "DECAY_EVERY", "DECAY_FACTOR", "EPOCHS", "LEARNING_RATE",
            "NonFiniteError", "check_learning_rate", "compile_model", "fit", "schedule"]
 
-LEARNING_RATE = 1e-3
-DECAY_EVERY = 15
-DECAY_FACTOR = 0.5
-EPOCHS = 50
-BATCH_SIZE = 32
 
 
 def check_learning_rate(learning_rate):

@@ -76,10 +76,14 @@ def test_tflm_timing_runs_both_paths_on_the_same_samples(exported):
 def test_int8_thresholds_are_the_exports_own(exported):
     model, x, deploy, info = exported
     manifest = export.read_manifest(deploy)
-    from keras_egt.export.final_only import int8_thresholds
-
-    assert int8_thresholds(manifest, 0.6) == [s["threshold_int8"] for s in manifest["segments"]]
-    strict = int8_thresholds(manifest, 2.0)
+    exported_int8 = [s["threshold_int8"] for s in manifest["segments"]]
+    assert export.load_cascade(deploy, threshold=0.6).thresholds_int8 == exported_int8
+    strict = export.load_cascade(deploy, threshold=2.0).thresholds_int8
     assert strict[:-1] == [128] * 4 and strict[-1] is None
+    # Thresholds of another criterion mean nothing to the int8 test: refused.
+    entropy = egt.CalibratedThresholds([0.5] * 5)
+    entropy.criterion = "entropy"
+    with pytest.raises(ValueError, match="calibrated for criterion 'entropy'"):
+        export.load_cascade(deploy, threshold=entropy)
     timing = export.tflm_time_per_sample(deploy, info, x, samples=6, warmup=0, threshold=2.0)
     assert timing["exit_shares"] == [0.0] * 4 + [1.0]

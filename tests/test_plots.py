@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import blob_task
-from keras_egt import cascade, evaluation, plots
+from keras_egt import calibration, cascade, evaluation, plots
 from test_case import SMALL, tiny_cnn, to_numpy
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -94,7 +94,7 @@ def test_speedup_curve(setup, tmp_path, drawn):
     model, x, y, report = setup
     _check_png(plots.speedup_curve(report, str(tmp_path / "c1.png")))
     _check_png(plots.speedup_curve(report.curve, str(tmp_path / "c2.png")))
-    thresholds = cascade.calibrate_thresholds(model, x, y, max_accuracy_drop=0.1)
+    thresholds = calibration.calibrate_thresholds(model, x, y, max_accuracy_drop=0.1)
     _check_png(plots.speedup_curve(thresholds, str(tmp_path / "c3.png")))
     speed, accuracy = _curve_points(report.curve)
     for figure, marked in zip(drawn, [(report.mac_speedup, report.accuracy), None,

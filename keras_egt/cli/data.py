@@ -9,7 +9,7 @@ writes one example per class and channel as a PNG.
 import argparse
 import sys
 
-from keras_egt import atomic
+from keras_egt import atomic, defaults
 
 
 def register(subparsers):
@@ -30,9 +30,9 @@ def register(subparsers):
     source.add_argument("--npz", dest="npz", help=argparse.SUPPRESS)
     source.add_argument("--folder", help="show a folder data set (one sub-folder per class)")
     show.add_argument("--seed", type=int, default=0, help="seed of the built-in set")
-    show.add_argument("--num-train", type=int, default=1363,
+    show.add_argument("--num-train", type=int, default=defaults.NUM_TRAIN,
                       help="training samples of the built-in set (default: the default set)")
-    show.add_argument("--num-test", type=int, default=1364,
+    show.add_argument("--num-test", type=int, default=defaults.NUM_TEST,
                       help="test samples of the built-in set")
     show.add_argument("--snr-db", type=float, nargs=2, default=(5.0, 25.0),
                       metavar=("LOW", "HIGH"), help="SNR range of the built-in set, dB")

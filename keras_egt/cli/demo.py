@@ -7,13 +7,13 @@ import tempfile
 import time
 import warnings
 
-from keras_egt import atomic
+from keras_egt import atomic, defaults
 from keras_egt.cli.train import MODEL_HELP, build_model, describe_model, parse_model, parse_widths
 
 # Finishes in well under 15 minutes on a 2-core CPU (see the report's header).
 QUICK = {"model": "mcu", "epochs": 20, "step_every": 8}
 # The paper's settings.
-FULL = {"model": "paper", "epochs": 50, "step_every": 15}
+FULL = {"model": "paper", "epochs": defaults.EPOCHS, "step_every": defaults.DECAY_EVERY}
 # Calibrated thresholds: at most 1 point lost to early exit, with probability 0.9, on
 # users seen in neither training nor testing (3 gestures each; the bound runs over users).
 CALIBRATION = {"max_accuracy_drop": 0.01, "confidence": 0.9, "samples_per_user": 3}
@@ -34,16 +34,16 @@ def register(subparsers):
     parser.add_argument("--output", default="egt-demo", help="folder for the report, plots, models and the deploy/ cascade (default: egt-demo)")
     parser.add_argument("--full", action="store_true", help="the paper's settings: the paper's CNN (widths 64-512), 50 epochs, learning rate halved every 15 epochs; slow on a CPU")
     parser.add_argument("--model", help=MODEL_HELP + " (default mcu, or paper with --full)")
-    parser.add_argument("--lambda", dest="consistency_weight", type=float, default=0.3, help="λ of the EGT model (default 0.3, the paper's best)")
+    parser.add_argument("--lambda", dest="consistency_weight", type=float, default=defaults.CONSISTENCY_WEIGHT, help=f"λ of the EGT model (default {defaults.CONSISTENCY_WEIGHT:g}, the paper's best)")
     parser.add_argument("--epochs", type=int, help="override the number of epochs (default 20, or 50 with --full); the learning rate is then halved every 30%% of them, as the paper does every 15 of 50")
     parser.add_argument("--widths", help='the paper\'s CNN at these widths instead: "paper", "micro" or 5 comma-separated ints')
-    parser.add_argument("--threshold", type=float, default=0.9, help="confidence threshold of the cascade (default 0.9, the paper's)")
-    parser.add_argument("--num-train", type=int, default=1363, help="simulated training samples (default 1363, as the paper)")
-    parser.add_argument("--num-test", type=int, default=1364, help="simulated test samples (default 1364, as the paper)")
-    parser.add_argument("--batch-size", type=int, default=32, help="training batch size (default 32)")
+    parser.add_argument("--threshold", type=float, default=defaults.THRESHOLD, help=f"confidence threshold of the cascade (default {defaults.THRESHOLD:g}, the paper's)")
+    parser.add_argument("--num-train", type=int, default=defaults.NUM_TRAIN, help=f"simulated training samples (default {defaults.NUM_TRAIN}, as the paper)")
+    parser.add_argument("--num-test", type=int, default=defaults.NUM_TEST, help=f"simulated test samples (default {defaults.NUM_TEST}, as the paper)")
+    parser.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE, help=f"training batch size (default {defaults.BATCH_SIZE})")
     parser.add_argument("--no-export", action="store_true", help="skip the int8 export and the TFLM run (they need TensorFlow)")
     parser.add_argument("--seed", type=int, default=0, help="random seed for data split and initialisation")
-    parser.add_argument("--calibration-users", type=int, default=500, help="fresh simulated users the thresholds are calibrated on (default 500; never training or test users)")
+    parser.add_argument("--calibration-users", type=int, default=defaults.CALIBRATION_USERS, help=f"fresh simulated users the thresholds are calibrated on (default {defaults.CALIBRATION_USERS}; never training or test users)")
     parser.set_defaults(func=run)
 
 
@@ -53,8 +53,7 @@ def run(args):
         if args.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {args.epochs}.")
         settings["epochs"] = args.epochs
-        # The paper's schedule, scaled: halve the rate every 30% of the epochs (15 of 50).
-        settings["step_every"] = max(1, round(args.epochs * 15 / 50))
+        settings["step_every"] = defaults.decay_every(args.epochs)
     if args.model:
         settings["model"] = args.model
     architecture = ("cnn", parse_widths(args.widths)) if args.widths else parse_model(settings["model"])
@@ -301,11 +300,11 @@ def _promise(thresholds):
     return promise
 
 
-def _tflm_labels(runner, x, threshold=None):
-    """`runner.predict(x)` under a progress bar over the samples.
+def _tflm_labels(deploy, x, threshold=None):
+    """The TFLM cascade's `predict(x)` under a progress bar over the samples.
 
     Args:
-        runner: a TFLM `CascadeRunner`.
+        deploy: the deploy folder.
         x: float inputs.
         threshold: None for the exported thresholds, else probability threshold(s)
             (as `Cascade`), turned into each segment's int8 test.
@@ -314,16 +313,15 @@ def _tflm_labels(runner, x, threshold=None):
         `(labels, exits)` as `CascadeRunner.predict`.
 
     Example:
-    >>> labels, exits = _tflm_labels(load_cascade("deploy/"), x_test, 0.9)
+    >>> labels, exits = _tflm_labels("deploy/", x_test, 0.9)
     """
     import keras
     import numpy as np
 
     from keras_egt import metrics
-    from keras_egt.export.final_only import int8_thresholds
+    from keras_egt.export import load_cascade
 
-    if threshold is not None:
-        runner.thresholds_int8 = int8_thresholds(runner.manifest, threshold)
+    runner = load_cascade(deploy, runtime="tflm", threshold=threshold)
     progress = keras.utils.Progbar(len(x), unit_name="sample")
     labels, exits = [], []
     for part in metrics.batches(len(x), PROGRESS_CHUNK):
@@ -461,7 +459,6 @@ def _deployment_summary(settings, model, deploy, calibration, x_test, y_test, ou
     step(f"Running the int8 model without early exit on TFLM over the {len(x_test)} test "
          "samples.")
     final_accuracy = float(np.mean(_final_only_labels(final_only, x_test) == y_test))
-    runner = egt.export.load_cascade(deploy, runtime="tflm")
     summary = {"producer": DEMO_PRODUCER, "preset": settings["preset"], "architecture": settings["architecture"],
                "flash_bytes": sum(seg["flash_bytes"] for seg in manifest["segments"]),
                "arena_bytes": max(seg["arena_bytes"] for seg in manifest["segments"]),
@@ -476,7 +473,7 @@ def _deployment_summary(settings, model, deploy, calibration, x_test, y_test, ou
         step(f"Running the {name} int8 cascade on TFLM over the {len(x_test)} test samples, "
              f"then timing {report.timing['samples']} of them at batch 1 with and without "
              "early exit.")
-        labels, exits = _tflm_labels(runner, x_test, threshold)
+        labels, exits = _tflm_labels(deploy, x_test, threshold)
         timing = egt.export.tflm_time_per_sample(deploy, final_only, x_test,
                                                  samples=report.timing["samples"],
                                                  threshold=threshold, verbose=1)

@@ -15,6 +15,7 @@ it: label-free, agreement with the last exit) and optional `groups` (user ids). 
 certified bound is printed beside the drop measured on the evaluated split.
 """
 
+from keras_egt import defaults
 from keras_egt.cli import CLIError
 from keras_egt.cli import train as common
 
@@ -52,8 +53,9 @@ def register(subparsers):
                            help="probability that the promise holds (default 0.9)")
     calibrate.add_argument("--label-free", action="store_true",
                            help="certify disagreement with the last exit instead (no labels)")
-    calibrate.add_argument("--calibration-users", type=int, default=500,
-                           help="radar only: fresh users simulated for calibration (default 500)")
+    calibrate.add_argument("--calibration-users", type=int, default=defaults.CALIBRATION_USERS,
+                           help=f"radar only: fresh users simulated for calibration (default "
+                           f"{defaults.CALIBRATION_USERS})")
     calibrate.add_argument("--samples-per-user", type=int, default=3,
                            help="radar only: samples per calibration user (default 3)")
     calibrate.add_argument("--calibration-data", default=None, metavar="PATH.npz",

@@ -74,7 +74,7 @@ def _calibration_subset(x, count, seed):
 
 def parse_thresholds(values, model):
     """The --threshold values, checked against the model's number of exits."""
-    from keras_egt.cascade import resolve_thresholds
+    from keras_egt.exit_rule import resolve_thresholds
 
     threshold = values[0] if len(values) == 1 else list(values)
     try:

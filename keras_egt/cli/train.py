@@ -12,6 +12,7 @@ data and model options that `evaluate` and `explain` share.
 import os
 import zipfile
 
+from keras_egt import defaults
 from keras_egt.cli import CLIError
 
 DATA_HELP = (
@@ -25,10 +26,12 @@ def add_data_arguments(parser):
     """Adds --data and the built-in set's options to `parser`."""
     group = parser.add_argument_group("data")
     group.add_argument("--data", default="radar", metavar="radar|PATH.npz", help=DATA_HELP)
-    group.add_argument("--num-train", type=int, default=1363,
-                       help="radar only: training samples to simulate (default 1363, the paper's)")
-    group.add_argument("--num-test", type=int, default=1364,
-                       help="radar only: test samples to simulate (default 1364, the paper's)")
+    group.add_argument("--num-train", type=int, default=defaults.NUM_TRAIN,
+                       help=f"radar only: training samples to simulate (default "
+                       f"{defaults.NUM_TRAIN}, the paper's)")
+    group.add_argument("--num-test", type=int, default=defaults.NUM_TEST,
+                       help=f"radar only: test samples to simulate (default "
+                       f"{defaults.NUM_TEST}, the paper's)")
     group.add_argument("--data-seed", type=int, default=0,
                        help="radar only: seed of the simulated set (default 0)")
 
@@ -244,18 +247,22 @@ def register(subparsers):
                         "'micro' (8,16,32,64,64) or 5 comma-separated ints (default paper)")
     parser.add_argument("--model", default=None,
                         help=MODEL_HELP + " (default: the EarlyExitCNN of --widths)")
-    parser.add_argument("--lambda", dest="consistency_weight", type=float, default=0.3,
-                        help="λ, weight of the attention-consistency loss; 0 trains the "
-                        "baseline (default 0.3)")
-    parser.add_argument("--epochs", type=int, default=50, help="training epochs (default 50)")
-    parser.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
-    parser.add_argument("--learning-rate", type=float, default=1e-3,
-                        help="Adam's initial learning rate (default 1e-3)")
-    parser.add_argument("--decay-every", type=int, default=15,
-                        help="multiply the learning rate by --decay-factor every this many "
-                        "epochs (default 15)")
-    parser.add_argument("--decay-factor", type=float, default=0.5,
-                        help="learning-rate factor of each step decay (default 0.5)")
+    parser.add_argument("--lambda", dest="consistency_weight", type=float,
+                        default=defaults.CONSISTENCY_WEIGHT,
+                        help=f"λ, weight of the attention-consistency loss; 0 trains the "
+                        f"baseline (default {defaults.CONSISTENCY_WEIGHT:g})")
+    parser.add_argument("--epochs", type=int, default=defaults.EPOCHS,
+                        help=f"training epochs (default {defaults.EPOCHS})")
+    parser.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE,
+                        help=f"batch size (default {defaults.BATCH_SIZE})")
+    parser.add_argument("--learning-rate", type=float, default=defaults.LEARNING_RATE,
+                        help=f"Adam's initial learning rate (default {defaults.LEARNING_RATE:g})")
+    parser.add_argument("--decay-every", type=int, default=defaults.DECAY_EVERY,
+                        help=f"multiply the learning rate by --decay-factor every this many "
+                        f"epochs (default {defaults.DECAY_EVERY})")
+    parser.add_argument("--decay-factor", type=float, default=defaults.DECAY_FACTOR,
+                        help=f"learning-rate factor of each step decay (default "
+                        f"{defaults.DECAY_FACTOR:g})")
     parser.add_argument("--no-validation", action="store_true",
                         help="do not report test-split metrics after every epoch")
     parser.add_argument("--seed", type=int, default=0,

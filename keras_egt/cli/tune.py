@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 
+from keras_egt import defaults
 from keras_egt.cli import CLIError
 from keras_egt.cli import train as common
 
@@ -81,14 +82,16 @@ def register(subparsers):
     parser.add_argument("--max-trials", type=int, default=None,
                         help="trials at most, rejected ones included (default: one per grid "
                         "point; 10 for random and bayesian)")
-    parser.add_argument("--epochs", type=int, default=50,
-                        help="epochs per trial (hyperband: the most any trial gets; default 50)")
-    parser.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    parser.add_argument("--epochs", type=int, default=defaults.EPOCHS,
+                        help=f"epochs per trial (hyperband: the most any trial gets; default "
+                        f"{defaults.EPOCHS})")
+    parser.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE,
+                        help=f"batch size (default {defaults.BATCH_SIZE})")
     parser.add_argument("--validation-split", type=float, default=0.15,
                         help="fraction of the (shuffled) training data held out to rank "
                         "trials (default 0.15)")
-    parser.add_argument("--threshold", type=float, default=0.9,
-                        help="threshold of the validation cascade (default 0.9)")
+    parser.add_argument("--threshold", type=float, default=defaults.THRESHOLD,
+                        help=f"threshold of the validation cascade (default {defaults.THRESHOLD:g})")
     parser.add_argument("--directory", default="runs",
                         help="KerasTuner's directory (default runs)")
     parser.add_argument("--project-name", default=None,

@@ -118,7 +118,7 @@ import zipfile
 
 import numpy as np
 
-from keras_egt import atomic
+from keras_egt import atomic, defaults
 
 FORMAT_VERSION = 1
 
@@ -968,7 +968,7 @@ def _check_args(num_train, num_test, seed, snr_db, num_train_users, num_test_use
             sloppy_fraction, channels, config)
 
 
-def load_data(num_train=1363, num_test=1364, seed=0, snr_db=(5.0, 25.0), num_train_users=16,
+def load_data(num_train=defaults.NUM_TRAIN, num_test=defaults.NUM_TEST, seed=0, snr_db=(5.0, 25.0), num_train_users=16,
               num_test_users=8, sloppy_fraction=0.05, channels=("doppler", "angle"),
               config=None, cache=True, return_users=False, verbose=0):
     """Loads the simulated 60 GHz radar gesture set (generated once, then cached).

@@ -12,8 +12,8 @@ import keras
 import numpy as np
 
 from keras_egt import atomic
-from keras_egt.cascade import resolve_criterion, resolve_thresholds
 from keras_egt.checks import NonFiniteError, check_finite_outputs, check_image_dtype
+from keras_egt.exit_rule import check_int8_criterion, int8_threshold, resolve_thresholds
 from keras_egt.export import _lifetime
 from keras_egt.export import runtime as rt
 from keras_egt.export.manifest import seal_manifest
@@ -260,7 +260,7 @@ def _export_into(folder, model, data, thresholds, class_names, verbose, metadata
         ops = list(dict.fromkeys(info["ops"]))
         threshold_int8 = None
         if k < num_exits:
-            threshold_int8 = rt.int8_threshold(
+            threshold_int8 = int8_threshold(
                 thresholds[k - 1], probabilities["scale"], probabilities["zero_point"]
             )
         arena, recorded = rt.tflm_arena_bytes(
@@ -368,13 +368,7 @@ def export_cascade(model, out_dir, representative_data, threshold=0.9, class_nam
     """
     check_model(model)
     data = check_representative_data(representative_data, model.image_shape)
-    if resolve_criterion(threshold) != rt.CRITERION:
-        raise ValueError(
-            f"These thresholds were calibrated for criterion "
-            f"{resolve_criterion(threshold)!r}; the int8 cascade (LiteRT, TFLM and the C "
-            f"driver) exits on the max probability only. Calibrate with "
-            f"criterion={rt.CRITERION!r} for export."
-        )
+    check_int8_criterion(threshold)
     thresholds = list(resolve_thresholds(threshold, model.num_exits))
     if class_names is not None and len(class_names) != model.num_classes:
         raise ValueError(f"class_names has {len(class_names)} names for "

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-__all__ = ["FinalOnly", "export_final_only", "int8_thresholds", "tflm_time_per_sample"]
+__all__ = ["FinalOnly", "export_final_only", "tflm_time_per_sample"]
 
 FINAL_ONLY_FILE = "final_only.tflite"
 
@@ -92,27 +92,6 @@ def export_final_only(model, representative_data, path):
             "scale": float(spec["scale"][0]), "zero_point": int(spec["zero_point"][0])}
 
 
-def int8_thresholds(manifest, threshold):
-    """Each segment's int8 exit test for probability threshold(s) `threshold`.
-
-    Args:
-        manifest: a deploy folder's manifest (`read_manifest`).
-        threshold: as `Cascade` (one number, or one per early exit).
-
-    Returns:
-        K values as the manifest's `threshold_int8`: `runtime.int8_threshold` of each
-        early segment's probability scale and zero point, then None (the final
-        segment always exits).
-    """
-    from keras_egt.cascade import resolve_thresholds
-    from keras_egt.export import runtime as rt
-
-    segments = manifest["segments"]
-    values = resolve_thresholds(threshold, len(segments))
-    return [rt.int8_threshold(t, s["probabilities"]["scale"], s["probabilities"]["zero_point"])
-            for t, s in zip(values[:-1], segments[:-1])] + [None]
-
-
 def tflm_time_per_sample(deploy_dir, final_only, x, samples=200, warmup=2, threshold=None,
                          verbose=0):
     """Batch-1 ms per sample on the TFLM interpreter: the int8 cascade vs without early exit.
@@ -129,7 +108,7 @@ def tflm_time_per_sample(deploy_dir, final_only, x, samples=200, warmup=2, thres
         samples: samples timed at most.
         warmup: untimed samples first.
         threshold: None for the exported thresholds, else probability threshold(s)
-            (as `Cascade`) turned into each segment's int8 test (`int8_threshold`).
+            (as `load_cascade` takes them).
         verbose: 1 shows a progress bar over the timed samples (updated outside the
             clocked spans).
 
@@ -141,12 +120,11 @@ def tflm_time_per_sample(deploy_dir, final_only, x, samples=200, warmup=2, thres
     Example:
     >>> tflm_time_per_sample("deploy/", info, x_test, samples=100)["speedup"]
     """
-    from keras_egt import cascade
+    from keras_egt import timing
+    from keras_egt.exit_rule import exit_shares
     from keras_egt.export import runtime as rt
 
-    runner = rt.load_cascade(deploy_dir, runtime="tflm")
-    if threshold is not None:
-        runner.thresholds_int8 = int8_thresholds(runner.manifest, threshold)
+    runner = rt.load_cascade(deploy_dir, runtime="tflm", threshold=threshold)
     # The one door to TFLM: the verifier and the probe child see these bytes first.
     data = rt.probe_tflm_file(final_only["path"], final_only["arena_bytes"],
                               (1,) + tuple(runner.input_shape), final_only["zero_point"],
@@ -154,48 +132,29 @@ def tflm_time_per_sample(deploy_dir, final_only, x, samples=200, warmup=2, thres
     interpreter = rt.tflm_interpreter(data, final_only["arena_bytes"], "the final-only model")
     scale, zero_point = final_only["scale"], final_only["zero_point"]
     x = np.asarray(x)
-    count = min(int(samples), len(x))
-    if count < 1:
-        raise ValueError("TFLM timing needs at least one sample.")
-    # TFLM runs in this thread: its CPU time is what each path costs, and unlike wall
-    # clock it does not count the time other processes hold the core.
-    clock = time.thread_time
+    count = timing.sample_count(samples, x)
 
-    def without(sample):
+    def with_early_exit(sample):
+        labels, exits = runner.predict(sample)
+        return labels[0], exits[0]
+
+    def without_early_exit(sample):
         interpreter.set_input(rt.quantize(sample, scale, zero_point), 0)
         interpreter.invoke()
         return int(np.argmax(interpreter.get_output(0)[0]))
 
     for i in range(min(int(warmup), len(x))):
-        runner.predict(x[i : i + 1])
-        without(x[i : i + 1])
-    early, full, exits, labels_early, labels_full = [], [], [], [], []
-    progress = _progress(count, verbose)
-    for i in range(count):
-        sample = x[i : i + 1]
-        for path in ((0, 1) if i % 2 == 0 else (1, 0)):
-            start = clock()
-            if path == 0:
-                label, exit_ = runner.predict(sample)
-                early.append(clock() - start)
-                labels_early.append(int(label[0]))
-                exits.append(int(exit_[0]))
-            else:
-                labels_full.append(without(sample))
-                full.append(clock() - start)
-        if progress is not None:
-            progress.update(i + 1)
-    mean_early, mean_full = float(np.mean(early)), float(np.mean(full))
+        with_early_exit(x[i : i + 1])
+        without_early_exit(x[i : i + 1])
+    # TFLM runs in this thread: its CPU time is what each path costs, and unlike wall
+    # clock it does not count the time other processes hold the core.
+    result = timing.interleaved(with_early_exit, without_early_exit, x, count,
+                                time.thread_time, _progress(count, verbose))
     return {
-        "samples": count,
-        "ms_with_early_exit": 1e3 * mean_early,
-        "ms_without_early_exit": 1e3 * mean_full,
-        "speedup": mean_full / mean_early,
-        "ms_with_early_exit_median": 1e3 * float(np.median(early)),
-        "ms_without_early_exit_median": 1e3 * float(np.median(full)),
-        "exit_shares": cascade.exit_shares(exits, runner.num_segments),
-        "labels_with_early_exit": labels_early,
-        "labels_without_early_exit": labels_full,
+        **{key: result[key] for key in timing.SUMMARY_FIELDS},
+        "exit_shares": exit_shares(result["exits"], runner.num_segments),
+        "labels_with_early_exit": result["labels_with_early_exit"],
+        "labels_without_early_exit": result["labels_without_early_exit"],
     }
 
 

@@ -7,7 +7,7 @@ manifest is checked the same way wherever it is read:
 * every field has its type and range (`threshold_int8: "high"` is refused at load,
   naming the field, not a TypeError at predict time);
 * the cross-checks hold: `thresholds[k]` gives `segments[k].threshold_int8` under the
-  int8 rule of `keras_egt.export.runtime.int8_threshold` and segment k's
+  int8 rule of `keras_egt.exit_rule.int8_threshold` and segment k's
   probability quantization; segment k's features have the shape and quantization of
   segment k+1's input; `arena_bytes` is at least what TFLM's recording allocator
   recorded (`arena_recorded_bytes`); the number of segments matches `thresholds` and
@@ -41,9 +41,11 @@ import math
 import os
 import re
 
+from keras_egt.exit_rule import INT8_CRITERION, int8_threshold
+
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 2
-CRITERION = "max_probability"
+CRITERION = INT8_CRITERION
 DIGEST_KEY = "manifest_sha256"
 MANIFEST_HEADER = "egt_manifest.h"
 
@@ -154,13 +156,6 @@ def _check_tensor(spec, where, source, rank=None, output=False):
             raise _error(source, f"{where} output_index must be 0 or 1, got {index!r:.40}.")
 
 
-def int8_rule(threshold, scale, zero_point):
-    """`runtime.int8_threshold`, imported lazily (runtime imports this module)."""
-    from keras_egt.export.runtime import int8_threshold
-
-    return int8_threshold(threshold, scale, zero_point)
-
-
 def validate_manifest(manifest, source="manifest"):
     """Checks a manifest dict completely; returns it, or raises a ValueError naming the field.
 
@@ -260,8 +255,8 @@ def validate_manifest(manifest, source="manifest"):
             if not (_is_int(threshold) and -128 <= threshold <= 128):
                 raise _error(source, f"{where} threshold_int8 must be an int in [-128, 128], "
                              f"got {threshold!r:.40}.")
-            expected = int8_rule(thresholds[k - 1], probabilities["scale"],
-                                 probabilities["zero_point"])
+            expected = int8_threshold(thresholds[k - 1], probabilities["scale"],
+                                      probabilities["zero_point"])
             if threshold != expected:
                 raise _error(source, f"{where} threshold_int8 is {threshold} but thresholds"
                              f"[{k - 1}] = {thresholds[k - 1]!r} with its probabilities' "

@@ -495,7 +495,7 @@ def quantization_aware_export(model, out_dir, x_train, y_train, representative_d
     # Before any fine-tuning: a diverged model would be tuned for minutes, then refused.
     exporter.check_finite_model(
         model, exporter.check_representative_data(representative_data, model.image_shape))
-    from keras_egt.cascade import resolve_thresholds
+    from keras_egt.exit_rule import resolve_thresholds
 
     settings = dict(threshold=list(resolve_thresholds(threshold, model.num_exits)),
                     epochs=int(epochs),

@@ -6,7 +6,6 @@ any Keras backend.
 
 import hashlib
 import json
-import math
 import os
 import subprocess
 import sys
@@ -17,7 +16,12 @@ import time
 import numpy as np
 
 from keras_egt.checks import check_image_dtype
-from keras_egt.exit_rule import check_threshold, first_exit, should_exit
+from keras_egt.exit_rule import (  # noqa: F401  (int8_threshold re-exported)
+    first_exit,
+    int8_threshold,
+    int8_thresholds,
+    should_exit,
+)
 from keras_egt.export import _deps, _lifetime
 from keras_egt.export.manifest import (  # noqa: F401  (re-exported names)
     CRITERION,
@@ -30,36 +34,6 @@ from keras_egt.export.manifest import (  # noqa: F401  (re-exported names)
 RUNTIMES = ("tflm", "litert")
 # Temporary folders of tflm_arena_bytes, tagged with the pid (see _lifetime.remove_stale).
 ARENA_TMP_PATTERN = r"keras_egt_arena_(\d+)_.*"
-
-
-def int8_threshold(threshold, scale, zero_point):
-    """A probability threshold in the int8 domain of a softmax output.
-
-    Exit k fires iff `max_i q_i >= int8_threshold(t, scale, zero_point)`, where q
-    are the int8 probabilities: `ceil(t / scale + zero_point)`, clamped to
-    [-128, 128]. 128 never fires (t above every representable probability), -128
-    always fires. For TFLite's int8 softmax (scale 1/256, zero point -128) and
-    t = 0.9: `ceil(230.4 - 128) = 103`, i.e. p >= 231/256.
-
-    Args:
-        threshold: the probability threshold t (any finite number; above 1 never
-            exits, 0 or below always does).
-        scale: scale of the int8 probabilities.
-        zero_point: their zero point.
-
-    Returns:
-        An int in [-128, 128].
-
-    Example:
-    >>> int8_threshold(0.9, 1 / 256, -128)
-    103
-    """
-    threshold, scale = check_threshold(threshold), float(scale)
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be a positive number, got {scale}.")
-    if math.isinf(threshold):
-        return 128 if threshold > 0 else -128
-    return int(min(max(math.ceil(threshold / scale + int(zero_point)), -128), 128))
 
 
 def decide_int8(probabilities, thresholds_int8):
@@ -493,7 +467,7 @@ class CascadeRunner:
     `predict` `last_seconds` (wall time per sample).
     """
 
-    def __init__(self, deploy_dir, runtime="tflm", num_threads=None):
+    def __init__(self, deploy_dir, runtime="tflm", num_threads=None, threshold=None):
         if runtime not in RUNTIMES:
             raise ValueError(f"Unknown runtime {runtime!r}; use one of {RUNTIMES}.")
         self.deploy_dir = os.fspath(deploy_dir)
@@ -509,6 +483,10 @@ class CascadeRunner:
         self.num_classes = int(self.manifest["num_classes"])
         self.input_shape = tuple(self.manifest["input_shape"])
         self.thresholds_int8 = [seg["threshold_int8"] for seg in segments]
+        if threshold is not None:
+            self.thresholds_int8 = int8_thresholds(
+                threshold, [(s["probabilities"]["scale"], s["probabilities"]["zero_point"])
+                            for s in segments])
         self.last_seconds = None
 
     @property
@@ -642,7 +620,7 @@ def format_report(manifest, title="int8 cascade"):
     return "\n".join(lines)
 
 
-def load_cascade(deploy_dir, runtime="tflm", num_threads=None):
+def load_cascade(deploy_dir, runtime="tflm", num_threads=None, threshold=None):
     """Loads an exported int8 cascade for inference on LiteRT or TFLM.
 
     Every segment file is checked against the manifest (sha256, size, input/output
@@ -653,6 +631,11 @@ def load_cascade(deploy_dir, runtime="tflm", num_threads=None):
         runtime: `"tflm"` (TensorFlow Lite Micro's Python interpreter, each segment
             in an arena of its manifest size) or `"litert"` (`ai-edge-litert`).
         num_threads: LiteRT threads (default: its own).
+        threshold: None runs the exported thresholds; else probability threshold(s)
+            as `Cascade` takes them (one number, one per early exit, or
+            `calibrate_thresholds`' result), each turned into its segment's int8 test
+            (`exit_rule.int8_thresholds`). The max-probability criterion only: the
+            int8 test compares the largest int8 probability.
 
     Returns:
         A `CascadeRunner`.
@@ -662,4 +645,5 @@ def load_cascade(deploy_dir, runtime="tflm", num_threads=None):
     >>> labels, exits = runner.predict(x_test)
     >>> print(runner.report())
     """
-    return CascadeRunner(deploy_dir, runtime=runtime, num_threads=num_threads)
+    return CascadeRunner(deploy_dir, runtime=runtime, num_threads=num_threads,
+                         threshold=threshold)
