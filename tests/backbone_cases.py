@@ -14,7 +14,7 @@ import tempfile
 import keras
 
 import keras_egt as egt
-from conftest import blob_task
+from kit import blob_task
 
 NUM_CLASSES = 3
 IMAGE_SHAPE = (32, 32, 2)

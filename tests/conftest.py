@@ -11,10 +11,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-BACKEND = keras.backend.backend()
+from kit import BACKEND, blob_task  # noqa: E402
 
 
 def pytest_report_header(config):
@@ -35,22 +34,6 @@ def _seed():
     keras.utils.set_random_seed(1234)
     yield
     keras.backend.clear_session()
-
-
-def blob_task(n=192, size=32, channels=2, num_classes=3, seed=0):
-    """A small separable problem for every exit: a square at a random place whose
-    sign and channel give the class (class c lights channel c % channels, with
-    sign + for c < channels, else -), on Gaussian noise."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % num_classes
-    rng.shuffle(y)
-    x = (0.5 * rng.normal(size=(n, size, size, channels))).astype("float32")
-    side = size // 2
-    for i, label in enumerate(y):
-        r, c = rng.integers(0, size - side, size=2)
-        sign = 2.0 if label < channels else -2.0
-        x[i, r : r + side, c : c + side, label % channels] += sign
-    return x, y.astype("int32")
 
 
 @pytest.fixture

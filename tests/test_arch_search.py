@@ -8,12 +8,11 @@ import keras_tuner as kt
 import numpy as np
 import pytest
 
-from conftest import blob_task
 from keras_egt import arch_search, costs, tuning
 from keras_egt.budget import estimate_deployment
 from keras_egt.cli import main as cli_main
 from keras_egt.mcu import EarlyExitMCU
-from test_case import run_model_saving_test
+from kit import blob_task, run_model_saving_test
 
 SHAPE = (32, 32, 2)
 # Stage 1's second candidate is far over a 40 KiB flash budget, the others far under.

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import keras_egt as egt
-from conftest import blob_task
 from keras_egt import budget
+from kit import blob_task
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from conftest import blob_task
 from keras_egt import calibration, cascade, costs, metrics
 from keras_egt.calibration import calibrate_thresholds
 from keras_egt.cnn import EarlyExitCNN
+from kit import blob_task
 
 WIDTHS = (4, 8, 8, 8, 8)
 NEVER = cascade.NEVER_EXIT

@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 
 import keras_egt as egt
-from conftest import blob_task
-from test_case import tiny_cnn
+from kit import blob_task, tiny_cnn
 
 
 def test_step_decay_follows_the_formula():

@@ -3,9 +3,9 @@ import math
 import numpy as np
 import pytest
 
-from conftest import blob_task
 from keras_egt import cascade, costs, metrics
 from keras_egt.cnn import EarlyExitCNN
+from kit import blob_task
 
 WIDTHS = (4, 8, 8, 8, 8)
 

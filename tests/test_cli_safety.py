@@ -15,10 +15,9 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import blob_task
 from keras_egt import cli
 from keras_egt.export import exporter
-from test_case import SMALL, tiny_cnn
+from kit import SMALL, blob_task, tiny_cnn
 
 BACKEND = keras.backend.backend()
 

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import blob_task
 from keras_egt import cli
+from kit import blob_task
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

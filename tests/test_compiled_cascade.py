@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from keras import ops
 
-from conftest import BACKEND, blob_task
 from keras_egt import cascade, metrics
 from keras_egt.cnn import EarlyExitCNN
 from keras_egt.compiled_cascade import CompiledCascade, graph_confidence
+from kit import BACKEND, blob_task
 
 WIDTHS = (4, 8, 8, 8, 8)
 

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 
 import keras_egt as egt
-from conftest import BACKEND, blob_task
 from keras_egt import export
 from keras_egt.export import manifest as mf
+from kit import BACKEND, blob_task
 
 pytestmark = pytest.mark.tensorflow_only
 

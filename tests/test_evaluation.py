@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 
 import references as ref
-from conftest import blob_task
 from keras_egt import costs, evaluation, metrics
-from test_case import SMALL, tiny_cnn, to_numpy
+from kit import SMALL, blob_task, tiny_cnn, to_numpy
 
 
 @pytest.fixture(scope="module")

@@ -247,7 +247,7 @@ def test_spearman_matches_scipy_with_ties():
 
 def test_on_an_early_exit_cnn():
     # The real model: every figure present and in range for all five exits.
-    from conftest import blob_task
+    from kit import blob_task
 
     x, y = blob_task(n=12)
     model = egt.EarlyExitCNN(3, (32, 32, 2), widths=(4, 4, 4, 4, 4))

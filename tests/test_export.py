@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 
 import keras_egt as egt
-from conftest import BACKEND, blob_task
 from keras_egt import export
 from keras_egt.export import convert
 from keras_egt.export import runtime as rt
+from kit import BACKEND, blob_task
 
 TINY = (4, 8, 8, 8, 8)
 # Low enough that the tiny model's exits 2-5 all take samples (its confidences are

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import keras_egt as egt
-from conftest import blob_task
 from keras_egt.checks import NonFiniteError
 from keras_egt.export import convert, exporter
+from kit import blob_task
 
 TINY = (2, 2, 4, 4, 4)
 

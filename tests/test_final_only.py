@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import keras_egt as egt
-from conftest import blob_task
 from keras_egt import export
 from keras_egt.export import runtime as rt
+from kit import blob_task
 
 pytestmark = pytest.mark.tensorflow_only
 

@@ -578,8 +578,8 @@ def real_deploy(tmp_path_factory):
     import keras
 
     import keras_egt as egt
-    from conftest import blob_task
     from keras_egt import export
+    from kit import blob_task
 
     x, y = blob_task(n=160, size=32, channels=2, num_classes=3, seed=5)
     keras.utils.set_random_seed(7)

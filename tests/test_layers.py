@@ -4,7 +4,7 @@ from keras import ops
 
 import references as ref
 from keras_egt import layers
-from test_case import run_layer_test, to_numpy
+from kit import run_layer_test, to_numpy
 
 
 def test_spatial_softmax_matches_numpy():

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import keras_egt as egt
-from conftest import BACKEND, blob_task
 from keras_egt import locks
+from kit import BACKEND, blob_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -74,7 +74,7 @@ VARIANTS = [(t, l) for t in ("final", "next") for l in ("cosine", "attention_tra
 
 def _map_gradients(fn, maps):
     """Gradients of the scalar `fn(*maps)` w.r.t. every map, by the backend's autodiff."""
-    from conftest import BACKEND
+    from kit import BACKEND
 
     if BACKEND == "tensorflow":
         import tensorflow as tf
@@ -177,7 +177,7 @@ def _tiny_model(**kwargs):
 
 
 def test_model_default_loss_is_the_papers_and_lambda_zero_adds_none():
-    from conftest import blob_task
+    from kit import blob_task
 
     x, _ = blob_task(n=4)
     model = _tiny_model(consistency_weight=0.3)
@@ -194,7 +194,7 @@ def test_model_default_loss_is_the_papers_and_lambda_zero_adds_none():
 
 @pytest.mark.parametrize("target,loss", VARIANTS)
 def test_model_variant_loss_matches_numpy(target, loss):
-    from conftest import blob_task
+    from kit import blob_task
 
     x, _ = blob_task(n=4)
     weights = [0.1, 0.2, 0.3, 0.4]

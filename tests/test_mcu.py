@@ -6,7 +6,7 @@ import pytest
 
 import keras_egt as egt
 from keras_egt import mcu
-from test_case import run_model_saving_test, run_serialization_test
+from kit import run_model_saving_test, run_serialization_test
 
 
 @pytest.mark.parametrize("stages, expected", [

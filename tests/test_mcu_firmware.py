@@ -43,7 +43,7 @@ def tiny_deploy(tmp_path_factory):
     import keras
 
     import keras_egt as egt
-    from conftest import blob_task
+    from kit import blob_task
 
     x, y = blob_task(n=160, size=32, channels=2, num_classes=3, seed=5)
     keras.utils.set_random_seed(7)

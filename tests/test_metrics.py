@@ -3,9 +3,9 @@ import pytest
 from keras import ops
 
 import references as ref
-from conftest import blob_task
 from keras_egt import metrics
 from keras_egt.cnn import EarlyExitCNN
+from kit import blob_task
 
 WIDTHS = (4, 8, 8, 8, 8)
 

@@ -10,8 +10,7 @@ from keras import ops
 
 import keras_egt as egt
 import references as ref
-from conftest import BACKEND, blob_task
-from test_case import TINY, run_model_saving_test, tiny_cnn
+from kit import BACKEND, TINY, blob_task, run_model_saving_test, tiny_cnn
 
 
 def _tiny(consistency_weight=0.3, **kwargs):

@@ -8,12 +8,11 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import blob_task
 from keras_egt import callbacks, cascade, evaluation, recipe
 from keras_egt.calibration import CalibratedThresholds, calibrate_thresholds
 from keras_egt.cascade import NEVER_EXIT
 from keras_egt.checks import NonFiniteError, check_finite_outputs
-from test_case import tiny_cnn
+from kit import blob_task, tiny_cnn
 
 
 def _poison(model):

@@ -3,9 +3,8 @@ import os
 import numpy as np
 import pytest
 
-from conftest import blob_task
 from keras_egt import calibration, cascade, evaluation, plots
-from test_case import SMALL, tiny_cnn, to_numpy
+from kit import SMALL, blob_task, tiny_cnn, to_numpy
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -12,9 +12,9 @@ import keras_tuner as kt
 import numpy as np
 import pytest
 
-from conftest import BACKEND, blob_task
 from keras_egt import costs, plots, tuning
 from keras_egt.cli import main as cli_main
+from kit import BACKEND, blob_task
 
 TINY = (4, 4, 8, 8, 8)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -318,7 +318,7 @@ DISTRIBUTED_SCRIPT = textwrap.dedent("""
     import json, os, sys, time
     sys.path.insert(0, {tests!r})
     import keras, keras_tuner as kt
-    from conftest import blob_task
+    from kit import blob_task
     from keras_egt import tuning
 
     me = os.environ["KERASTUNER_TUNER_ID"]
@@ -392,7 +392,7 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent("""
             tf.config.list_physical_devices("CPU")[0],
             [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras, keras_tuner as kt
-    from conftest import blob_task
+    from kit import blob_task
     from keras_egt import tuning
 
     x, y = blob_task(n=48, size=32)

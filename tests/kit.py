@@ -1,6 +1,7 @@
-"""Shared test helpers, in the spirit of keras-hub's `keras_hub/src/tests/test_case.py`.
+"""The test kit: shared helpers, in the spirit of keras-hub's `keras_hub/src/tests/test_case.py`.
 
-`run_layer_test` checks a layer the way Keras itself does (config round trip,
+Not a test module (pytest collects `test_*.py` only). `blob_task` is the small data
+set every exit can learn; `run_layer_test` checks a layer the way Keras itself does (config round trip,
 build, symbolic call, eager call, one compiled training step);
 `run_serialization_test` and `run_model_saving_test` check the config and `.keras`
 round trips; `tiny_cnn` is the one tiny early-exit model the test files share.
@@ -14,6 +15,25 @@ import numpy as np
 from keras import ops, tree
 
 import keras_egt as egt
+
+BACKEND = keras.backend.backend()
+
+
+def blob_task(n=192, size=32, channels=2, num_classes=3, seed=0):
+    """A small separable problem for every exit: a square at a random place whose
+    sign and channel give the class (class c lights channel c % channels, with
+    sign + for c < channels, else -), on Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % num_classes
+    rng.shuffle(y)
+    x = (0.5 * rng.normal(size=(n, size, size, channels))).astype("float32")
+    side = size // 2
+    for i, label in enumerate(y):
+        r, c = rng.integers(0, size - side, size=2)
+        sign = 2.0 if label < channels else -2.0
+        x[i, r : r + side, c : c + side, label % channels] += sign
+    return x, y.astype("int32")
+
 
 # Tiny widths: every test model is seconds to train on two CPU cores.
 TINY = (8, 8, 8, 8, 8)
