@@ -159,8 +159,14 @@ class SpatialAttention(keras.layers.Layer):
         channels = input_shape[-1]
         hidden = self.hidden_channels or max(8, channels // 8)
         self.reduce = keras.layers.Conv2D(hidden, 1, dtype=self.dtype_policy, name="reduce")
+        # The scores feed a softmax over every position, so under mixed precision they
+        # are computed in float32, as Keras keeps a model's softmax outputs (one
+        # filter: the cost is nil). It also avoids PyTorch's CPU bfloat16 backward of
+        # a one-filter 3x3 conv, which fails ("slow_conv2d: grad_weight must be
+        # contiguous", torch 2.13).
+        half = self.dtype_policy.compute_dtype in ("float16", "bfloat16")
         self.score = keras.layers.Conv2D(
-            1, 3, padding="same", dtype=self.dtype_policy, name="score"
+            1, 3, padding="same", dtype="float32" if half else self.dtype_policy, name="score"
         )
         self.reduce.build(input_shape)
         self.score.build(tuple(input_shape[:-1]) + (hidden,))
@@ -240,7 +246,8 @@ class ExitHead(keras.layers.Layer):
     def call(self, features, return_attention=False):
         scores = self.attention(features)
         window = self.pool_size(features.shape)
-        pooled = ops.average_pool(ops.sigmoid(scores) * features, window, strides=window, padding="valid")
+        gate = ops.cast(ops.sigmoid(scores), features.dtype)  # float32 scores, see SpatialAttention
+        pooled = ops.average_pool(gate * features, window, strides=window, padding="valid")
         logits = self.classifier(ops.reshape(pooled, (ops.shape(pooled)[0], -1)))
         if return_attention:
             return logits, spatial_softmax(scores)
@@ -251,7 +258,9 @@ class ExitHead(keras.layers.Layer):
         # Functional graph, with or without its attention map.
         logits = keras.KerasTensor((features.shape[0], self.num_classes), self.compute_dtype)
         if return_attention:
-            attention = keras.KerasTensor(tuple(features.shape[:-1]) + (1,), self.compute_dtype)
+            half = self.compute_dtype in ("float16", "bfloat16")
+            attention = keras.KerasTensor(tuple(features.shape[:-1]) + (1,),
+                                          "float32" if half else self.compute_dtype)
             return logits, attention
         return logits
 
