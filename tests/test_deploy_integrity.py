@@ -507,8 +507,8 @@ def test_tflm_gets_only_the_bytes_the_probe_verified(deployed):
     # under the probed segment's manifest entry.
     with pytest.raises(RuntimeError, match=r"segment 1 \(segment_1.tflite\): these bytes were "
                                            r"not verified and run on TFLM .* Received: sha256"):
-        export.runtime._TFLMSegment((folder / second["file"]).read_bytes(), first)
-    segment = export.runtime._TFLMSegment((folder / first["file"]).read_bytes(), first)
+        export.runtime.interpreters._TFLMSegment((folder / second["file"]).read_bytes(), first)
+    segment = export.runtime.interpreters._TFLMSegment((folder / first["file"]).read_bytes(), first)
     probabilities, features = segment(np.full(first["input"]["shape"],
                                               first["input"]["zero_point"], np.int8))
     assert probabilities.shape == (3,) and features.shape == tuple(first["features"]["shape"])

@@ -239,7 +239,7 @@ def test_manifest_is_complete(deployed):
         + ["manifest.json", "model_data.c", "model_data.h", "egt_manifest.h"])
     with open(os.path.join(folder, "manifest.json"), encoding="utf-8") as f:
         assert json.load(f) == manifest
-    assert manifest["format_version"] == rt.FORMAT_VERSION
+    assert manifest["format_version"] == egt.export.manifest.FORMAT_VERSION
     assert manifest["keras_egt_version"] == egt.__version__
     assert manifest["num_classes"] == 3 and manifest["input_shape"] == [32, 32, 2]
     assert manifest["criterion"] == "max_probability"

@@ -27,7 +27,7 @@ _NAMES = {
     "load_cascade": "runtime",
     "quantization_aware_export": "qat",
     "quantization_aware_finetune": "qat",
-    "read_manifest": "runtime",
+    "read_manifest": "manifest",
     "segment_inputs": "segments",
     "FirmwareMismatchError": "firmware",
     "run_firmware": "firmware",

@@ -15,6 +15,7 @@ from keras_egt import atomic
 from keras_egt.checks import NonFiniteError, check_finite_outputs, check_image_dtype
 from keras_egt.exit_rule import check_int8_criterion, int8_threshold, resolve_thresholds
 from keras_egt.export import _lifetime
+from keras_egt.export import manifest as mf
 from keras_egt.export import runtime as rt
 from keras_egt.export.manifest import seal_manifest
 from keras_egt.export.segments import build_segments, check_model, segment_inputs, segment_shapes
@@ -93,11 +94,9 @@ _JOB_TMP_PATTERN = r"keras_egt_export_(\d+)_.*"
 
 def _is_deploy_folder(folder):
     """Whether `folder` holds a manifest.json that `validate_manifest` accepts."""
-    from keras_egt.export.manifest import validate_manifest
-
     try:
-        with open(os.path.join(folder, rt.MANIFEST), encoding="utf-8") as f:
-            validate_manifest(json.load(f))
+        with open(os.path.join(folder, mf.MANIFEST), encoding="utf-8") as f:
+            mf.validate_manifest(json.load(f))
     except (OSError, ValueError):
         return False
     return True
@@ -124,7 +123,7 @@ def _refuse_replacing(out_dir, inputs):
     if not _is_deploy_folder(out_dir):
         raise ValueError(
             f"out_dir {out_dir!r} exists, is not empty and is not a deploy folder (no valid "
-            f"{rt.MANIFEST}); overwrite / --overwrite only replaces an earlier deploy folder. "
+            f"{mf.MANIFEST}); overwrite / --overwrite only replaces an earlier deploy folder. "
             "Choose a new or empty folder."
         )
 
@@ -168,7 +167,7 @@ def _check_out_dir(out_dir, overwrite, inputs=()):
 def _publish(tmp_dir, out_dir):
     """Moves the finished folder into place (see `atomic.publish_folder`)."""
     _lifetime.check_parent()
-    atomic.publish_folder(tmp_dir, out_dir, last=rt.MANIFEST)
+    atomic.publish_folder(tmp_dir, out_dir, last=mf.MANIFEST)
 
 
 def _tensor_spec(t):
@@ -269,7 +268,7 @@ def _export_into(folder, model, data, thresholds, class_names, verbose, metadata
         entries.append({
             "index": k,
             "file": file_name,
-            "sha256": rt.sha256(model_bytes),
+            "sha256": mf.sha256(model_bytes),
             "flash_bytes": len(model_bytes),
             "arena_bytes": arena,
             "arena_recorded_bytes": recorded,
@@ -284,12 +283,12 @@ def _export_into(folder, model, data, thresholds, class_names, verbose, metadata
         if progress is not None:
             progress.update(k)
     manifest = {
-        "format_version": rt.FORMAT_VERSION,
+        "format_version": mf.FORMAT_VERSION,
         "keras_egt_version": __version__,
         "num_classes": int(model.num_classes),
         "class_names": None if class_names is None else [str(c) for c in class_names],
         "input_shape": [int(d) for d in model.image_shape],
-        "criterion": rt.CRITERION,
+        "criterion": mf.CRITERION,
         "thresholds": thresholds,
         "num_calibration_samples": int(len(data)),
         "quantization": "ptq",
@@ -300,7 +299,7 @@ def _export_into(folder, model, data, thresholds, class_names, verbose, metadata
             raise ValueError(f"metadata key {key!r} is a manifest field; rename it.")
         manifest[key] = value
     seal_manifest(manifest)
-    path = os.path.join(folder, rt.MANIFEST)
+    path = os.path.join(folder, mf.MANIFEST)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2)
         f.write("\n")

@@ -30,7 +30,7 @@ signature checked with a key the attacker does not hold (e.g. sign `manifest.jso
 with your release key and verify it before flashing). What the runtimes do
 guarantee even then is that no manifest can crash the Python process: values are
 type- and range-checked, and TFLM allocation in an arena taken from a manifest is
-tried first in a child process (see `keras_egt.export.runtime`).
+tried first in a child process (see `keras_egt.export.runtime.arena`).
 
 Pure Python: no TensorFlow needed.
 """
@@ -65,10 +65,17 @@ __all__ = [
     "check_c_sources",
     "load_manifest",
     "manifest_digest",
+    "read_manifest",
     "read_segment",
     "seal_manifest",
+    "sha256",
     "validate_manifest",
 ]
+
+
+def sha256(data):
+    """The SHA-256 of `data` (bytes) in hex, as the manifest records a segment file's."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def manifest_digest(manifest):
@@ -174,6 +181,24 @@ def validate_manifest(manifest, source="manifest"):
     """
     if not isinstance(manifest, dict):
         raise _error(source, f"must hold a JSON object, got {type(manifest).__name__}.")
+    num_classes, input_shape = _check_model(manifest, source)
+    segments, thresholds = _check_counts(manifest, source)
+    for k, seg in enumerate(segments, start=1):
+        where = f"segments[{k - 1}] (segment {k})"
+        _check_segment_file(seg, k, where, source)
+        _check_segment_outputs(seg, k, thresholds, num_classes, where, source)
+    _check_handoffs(segments, input_shape, source)
+    recorded = _require(manifest, DIGEST_KEY, "the manifest", source)
+    actual = manifest_digest(manifest)
+    if recorded != actual:
+        raise _error(source, f"its content digest is {actual[:16]}... but {DIGEST_KEY} says "
+                     f"{str(recorded)[:16]:.16}...: the manifest was edited after export (or "
+                     "belongs to another export). Refusing it; re-export the model.")
+    return manifest
+
+
+def _check_model(manifest, source):
+    """The format, criterion, classes and input shape; returns `(num_classes, input_shape)`."""
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise _error(source, f"format_version is {version!r:.40}; this keras_egt reads version "
@@ -197,6 +222,11 @@ def validate_manifest(manifest, source="manifest"):
             and all(_is_int(d) and d >= 1 for d in input_shape)):
         raise _error(source, f"input_shape must be 3 positive ints (H, W, C), got "
                      f"{input_shape!r:.80}.")
+    return num_classes, input_shape
+
+
+def _check_counts(manifest, source):
+    """`segments` and `thresholds`, one threshold per segment; returns both."""
     segments = _require(manifest, "segments", "the manifest", source)
     if not isinstance(segments, list) or not segments:
         raise _error(source, "'segments' must be a non-empty list; re-export the model.")
@@ -208,85 +238,94 @@ def validate_manifest(manifest, source="manifest"):
     if len(thresholds) != count:
         raise _error(source, f"thresholds has {len(thresholds)} entries but segments has "
                      f"{count}: a segment entry was added or removed. Re-export the model.")
-    for k, seg in enumerate(segments, start=1):
-        where = f"segments[{k - 1}] (segment {k})"
-        if _require(seg, "index", where, source) != k:
-            raise _error(source, f"{where} has index {seg['index']!r:.40}; expected {k}.")
-        name = _require(seg, "file", where, source)
-        if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
-            raise _error(source, f"{where} file must be a plain file name, got {name!r:.80}.")
-        digest = _require(seg, "sha256", where, source)
-        if not (isinstance(digest, str) and _HEX64.fullmatch(digest)):
-            raise _error(source, f"{where} sha256 must be 64 hex digits, got {digest!r:.80}.")
-        for key in ("flash_bytes", "arena_bytes", "arena_recorded_bytes"):
-            value = _require(seg, key, where, source)
-            # 1 GiB: far above any microcontroller's, and below what a host can't allocate.
-            if not (_is_int(value) and 1 <= value <= 1 << 30):
-                raise _error(source, f"{where} {key} must be an int in [1, 2**30], got "
-                             f"{value!r:.40}.")
-        if seg["arena_bytes"] < seg["arena_recorded_bytes"]:
-            raise _error(source, f"{where} arena_bytes {seg['arena_bytes']} is below the "
-                         f"{seg['arena_recorded_bytes']} bytes TFLM's recording allocator "
-                         "recorded for it (arena_recorded_bytes); TFLM cannot run it there.")
-        if "macs" in seg and not (_is_int(seg["macs"]) and seg["macs"] >= 0):
-            raise _error(source, f"{where} macs must be an int >= 0, got {seg['macs']!r:.40}.")
-        ops = _require(seg, "ops", where, source)
-        if not (isinstance(ops, list) and ops and all(
-                isinstance(op, str) and op and op.replace("_", "").isalnum() and op.isascii()
-                for op in ops)):
-            raise _error(source, f"{where} ops must be a non-empty list of TFLite operator "
-                         f"names, got {ops!r:.80}.")
-        _check_tensor(_require(seg, "input", where, source), f"{where} input", source)
-        probabilities = _require(seg, "probabilities", where, source)
-        _check_tensor(probabilities, f"{where} probabilities", source, output=True)
-        if probabilities["shape"] != [1, num_classes]:
-            raise _error(source, f"{where} probabilities shape is {probabilities['shape']}; "
-                         f"expected [1, {num_classes}] (num_classes).")
-        features = _require(seg, "features", where, source)
-        threshold = _require(seg, "threshold_int8", where, source)
-        if k < count:
-            if features is None:
-                raise _error(source, f"{where} has no features; only the last segment may "
-                             "lack them.")
-            _check_tensor(features, f"{where} features", source, rank=4, output=True)
-            if features["output_index"] == probabilities["output_index"]:
-                raise _error(source, f"{where} features and probabilities share output_index "
-                             f"{features['output_index']}.")
-            if not (_is_int(threshold) and -128 <= threshold <= 128):
-                raise _error(source, f"{where} threshold_int8 must be an int in [-128, 128], "
-                             f"got {threshold!r:.40}.")
-            expected = int8_threshold(thresholds[k - 1], probabilities["scale"],
-                                      probabilities["zero_point"])
-            if threshold != expected:
-                raise _error(source, f"{where} threshold_int8 is {threshold} but thresholds"
-                             f"[{k - 1}] = {thresholds[k - 1]!r} with its probabilities' "
-                             f"quantization (scale {probabilities['scale']!r}, zero point "
-                             f"{probabilities['zero_point']}) gives {expected}; one of the two "
-                             "was edited. Re-export with the threshold you want.")
-        else:
-            if features is not None:
-                raise _error(source, f"{where} is the last segment and must not output "
-                             "features (features must be null).")
-            if threshold is not None:
-                raise _error(source, f"{where} is the last segment, which always exits: its "
-                             f"threshold_int8 must be null, got {threshold!r:.40}.")
+    return segments, thresholds
+
+
+def _check_segment_file(seg, k, where, source):
+    """Segment k's index, file name, digest, sizes and ops."""
+    if _require(seg, "index", where, source) != k:
+        raise _error(source, f"{where} has index {seg['index']!r:.40}; expected {k}.")
+    name = _require(seg, "file", where, source)
+    if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
+        raise _error(source, f"{where} file must be a plain file name, got {name!r:.80}.")
+    digest = _require(seg, "sha256", where, source)
+    if not (isinstance(digest, str) and _HEX64.fullmatch(digest)):
+        raise _error(source, f"{where} sha256 must be 64 hex digits, got {digest!r:.80}.")
+    for key in ("flash_bytes", "arena_bytes", "arena_recorded_bytes"):
+        value = _require(seg, key, where, source)
+        # 1 GiB: far above any microcontroller's, and below what a host can't allocate.
+        if not (_is_int(value) and 1 <= value <= 1 << 30):
+            raise _error(source, f"{where} {key} must be an int in [1, 2**30], got "
+                         f"{value!r:.40}.")
+    if seg["arena_bytes"] < seg["arena_recorded_bytes"]:
+        raise _error(source, f"{where} arena_bytes {seg['arena_bytes']} is below the "
+                     f"{seg['arena_recorded_bytes']} bytes TFLM's recording allocator "
+                     "recorded for it (arena_recorded_bytes); TFLM cannot run it there.")
+    if "macs" in seg and not (_is_int(seg["macs"]) and seg["macs"] >= 0):
+        raise _error(source, f"{where} macs must be an int >= 0, got {seg['macs']!r:.40}.")
+    ops = _require(seg, "ops", where, source)
+    if not (isinstance(ops, list) and ops and all(
+            isinstance(op, str) and op and op.replace("_", "").isalnum() and op.isascii()
+            for op in ops)):
+        raise _error(source, f"{where} ops must be a non-empty list of TFLite operator "
+                     f"names, got {ops!r:.80}.")
+
+
+def _check_segment_outputs(seg, k, thresholds, num_classes, where, source):
+    """Segment k's tensors and exit threshold: the last has no features and always exits."""
+    _check_tensor(_require(seg, "input", where, source), f"{where} input", source)
+    probabilities = _require(seg, "probabilities", where, source)
+    _check_tensor(probabilities, f"{where} probabilities", source, output=True)
+    if probabilities["shape"] != [1, num_classes]:
+        raise _error(source, f"{where} probabilities shape is {probabilities['shape']}; "
+                     f"expected [1, {num_classes}] (num_classes).")
+    features = _require(seg, "features", where, source)
+    threshold = _require(seg, "threshold_int8", where, source)
+    if k == len(thresholds):  # one threshold per segment, checked before
+        if features is not None:
+            raise _error(source, f"{where} is the last segment and must not output "
+                         "features (features must be null).")
+        if threshold is not None:
+            raise _error(source, f"{where} is the last segment, which always exits: its "
+                         f"threshold_int8 must be null, got {threshold!r:.40}.")
+        return
+    if features is None:
+        raise _error(source, f"{where} has no features; only the last segment may "
+                     "lack them.")
+    _check_tensor(features, f"{where} features", source, rank=4, output=True)
+    if features["output_index"] == probabilities["output_index"]:
+        raise _error(source, f"{where} features and probabilities share output_index "
+                     f"{features['output_index']}.")
+    _check_threshold_int8(threshold, k, thresholds, probabilities, where, source)
+
+
+def _check_threshold_int8(threshold, k, thresholds, probabilities, where, source):
+    """Early exit k's `threshold_int8` is `thresholds[k - 1]` under the int8 rule."""
+    if not (_is_int(threshold) and -128 <= threshold <= 128):
+        raise _error(source, f"{where} threshold_int8 must be an int in [-128, 128], "
+                     f"got {threshold!r:.40}.")
+    expected = int8_threshold(thresholds[k - 1], probabilities["scale"],
+                              probabilities["zero_point"])
+    if threshold != expected:
+        raise _error(source, f"{where} threshold_int8 is {threshold} but thresholds"
+                     f"[{k - 1}] = {thresholds[k - 1]!r} with its probabilities' "
+                     f"quantization (scale {probabilities['scale']!r}, zero point "
+                     f"{probabilities['zero_point']}) gives {expected}; one of the two "
+                     "was edited. Re-export with the threshold you want.")
+
+
+def _check_handoffs(segments, input_shape, source):
+    """Segment 1 takes the model input; each segment's features are the next one's input."""
     if segments[0]["input"]["shape"] != [1] + input_shape:
         raise _error(source, f"segments[0] input shape {segments[0]['input']['shape']} is not "
                      f"[1] + input_shape {input_shape}.")
-    for k in range(1, count):
+    for k in range(1, len(segments)):
         out, nxt = segments[k - 1]["features"], segments[k]["input"]
         for key in ("shape", "scale", "zero_point"):
             if out[key] != nxt[key]:
                 raise _error(source, f"segment {k} features {key} {out[key]!r} differ from "
                              f"segment {k + 1} input {key} {nxt[key]!r}; the int8 buffer is "
                              "handed over as is, so they must be equal. Re-export the model.")
-    recorded = _require(manifest, DIGEST_KEY, "the manifest", source)
-    actual = manifest_digest(manifest)
-    if recorded != actual:
-        raise _error(source, f"its content digest is {actual[:16]}... but {DIGEST_KEY} says "
-                     f"{str(recorded)[:16]:.16}...: the manifest was edited after export (or "
-                     "belongs to another export). Refusing it; re-export the model.")
-    return manifest
 
 
 def load_manifest(deploy_dir):
@@ -329,6 +368,10 @@ def load_manifest(deploy_dir):
                          "Re-export the model.")
     check_c_sources(deploy_dir, manifest)
     return manifest
+
+
+# The name `keras_egt.export` exports (next to `load_cascade`).
+read_manifest = load_manifest
 
 
 def _read_text(path):
@@ -423,7 +466,7 @@ def read_segment(deploy_dir, seg):
         )
     with open(path, "rb") as f:
         data = f.read()
-    digest = hashlib.sha256(data).hexdigest()
+    digest = sha256(data)
     if digest != seg["sha256"] or len(data) != seg["flash_bytes"]:
         raise ValueError(
             f"segment {seg['index']}: {path!r} does not match the manifest (sha256 "
